@@ -1,0 +1,1 @@
+"""Provenance: per-stage sidecars (what produced an artefact) and `cmml audit` (verify the chain)."""

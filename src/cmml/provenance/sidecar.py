@@ -1,0 +1,164 @@
+"""Writing a stage's provenance sidecar and committing its outputs atomically.
+
+Every stage body runs inside :class:`StageRun`: it writes into temporary outputs, then the
+runner renames them into place and writes the sidecar last, so a sidecar exists only for a
+complete output set. The sidecar records the stage, command, resolved params subset and hash,
+sha256/md5 of every input and output file, code version (git commit, dirty flag, sha256 of the
+source files the stage runs), package versions, device, seed and wall time.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from cmml.config import params_hash
+from cmml.pipeline.atomic import write_json
+from cmml.provenance.hashing import hash_file, hash_tree
+
+SCHEMA = 1
+PACKAGES = ("cmml", "torch", "transformers", "tokenizers", "numpy", "pandas", "pyarrow", "torchmetrics", "snakemake", "dvc")
+
+
+def git_state(root: Path) -> dict[str, Any]:
+    """Commit and dirty flag of the repository at ``root`` (None where git or a repo is absent)."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, check=True).stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit, "dirty": dirty}
+
+
+def environment() -> dict[str, Any]:
+    """Interpreter, platform and package versions (read from metadata, without importing torch)."""
+    versions = {}
+    for pkg in PACKAGES:
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    env = {"python": platform.python_version(), "platform": platform.platform(), "packages": versions}
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        env["cuda"] = torch.version.cuda
+        env["cuda_available"] = bool(torch.cuda.is_available())
+        env["torch_threads"] = torch.get_num_threads()
+    return env
+
+
+@dataclass
+class StageRun:
+    """Context for one stage execution: temp outputs, atomic commit, sidecar.
+
+    ``outputs`` maps each declared output (file or directory) to whether it is a directory.
+    Inside the ``with`` block the body writes to ``run.tmp(out)``; on success every temp output
+    replaces its final path and the sidecar (``sidecar`` path) is written last. On failure
+    nothing is renamed and the temp files are removed.
+    """
+
+    stage: str
+    name: str
+    params_values: dict[str, Any]
+    inputs: list[Path]
+    outputs: dict[Path, bool]
+    sidecar: Path
+    sources: list[Path]
+    root: Path = field(default_factory=Path.cwd)
+    seed: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    device: str = "cpu"
+    _tmp: dict[Path, Path] = field(default_factory=dict)
+    _t0: float = 0.0
+
+    def __enter__(self) -> StageRun:
+        self._t0 = time.time()
+        for out, is_dir in self.outputs.items():
+            final = self.root / out
+            final.parent.mkdir(parents=True, exist_ok=True)
+            if is_dir:
+                self._tmp[out] = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+            else:
+                fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+                os.close(fd)
+                self._tmp[out] = Path(tmp)
+        return self
+
+    def tmp(self, out: str | Path) -> Path:
+        """Temporary path to write the declared output ``out`` to."""
+        return self._tmp[Path(out)]
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        try:
+            if exc_type is None:
+                self._commit()
+        finally:
+            for tmp in self._tmp.values():
+                if tmp.is_dir():
+                    shutil.rmtree(tmp, ignore_errors=True)
+                elif tmp.exists():
+                    tmp.unlink()
+
+    def _commit(self) -> None:
+        wall = time.time() - self._t0
+        sidecar_final = self.root / self.sidecar
+        if sidecar_final.exists():
+            sidecar_final.unlink()
+        for out, tmp in self._tmp.items():
+            final = self.root / out
+            if final.is_dir():
+                shutil.rmtree(final)
+            elif final.exists():
+                final.unlink()
+            os.replace(tmp, final)
+        record = {
+            "schema": SCHEMA,
+            "stage": self.stage,
+            "name": self.name,
+            "command": sys.argv,
+            "params": self.params_values,
+            "params_hash": params_hash(self.params_values),
+            "inputs": hash_tree(self.inputs, self.root),
+            "outputs": hash_tree(list(self.outputs), self.root),
+            "code": {
+                **git_state(self.root),
+                "sources": {p.as_posix(): hash_file(self.root / p)["sha256"] for p in self.sources if (self.root / p).is_file()},
+            },
+            "env": environment(),
+            "device": self.device,
+            "seed": self.seed,
+            "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "wall_s": round(wall, 3),
+            "extra": self.extra,
+        }
+        write_json(sidecar_final, record)
+
+
+def stage_run(stage: Any, params: dict[str, Any], *, seed: int | None = None, device: str = "cpu",
+              extra: dict[str, Any] | None = None) -> StageRun:
+    """A :class:`StageRun` for a planned ``cmml.pipeline.plan.Stage`` (deps, outs, keys from the plan)."""
+    from cmml.config import subset
+
+    sources = set(stage.source_files())
+    return StageRun(
+        stage=stage.kind,
+        name=stage.name,
+        params_values=subset(params, stage.params),
+        inputs=[Path(d) for d in stage.deps if d not in sources],
+        outputs={Path(o): o in stage.dir_outs for o in stage.outs if o != stage.sidecar},
+        sidecar=Path(stage.sidecar),
+        sources=[Path(s) for s in sorted(sources)],
+        seed=seed,
+        device=device,
+        extra=dict(extra or {}),
+    )
