@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Any
 
@@ -68,6 +69,10 @@ def run_stage(kind: str, args: argparse.Namespace) -> None:
     from cmml.pipeline.plan import find, plan
 
     params = load_params(args.params)
+    if os.environ.get("DVC_STAGE"):
+        from cmml.pipeline.dvcgen import check_current
+
+        check_current(args.params)
     stage = find(plan(params, args.params), stage_name(kind, args))
     importlib.import_module(HANDLERS[kind]).run(stage, params)
 

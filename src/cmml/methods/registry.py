@@ -29,6 +29,7 @@ class Entry:
 METHODS: dict[str, Entry] = {
     "finetune": Entry("cmml.methods.finetune"),
     "joint": Entry("cmml.methods.joint", uses=("methods/finetune.py",), joint=True),
+    "rebq": Entry("cmml.methods.rebq", uses=("methods/prompt_pool.py",)),
 }
 
 

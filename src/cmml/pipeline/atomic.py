@@ -15,6 +15,14 @@ from pathlib import Path
 from typing import Any
 
 
+def publish_mode(path: Path) -> None:
+    """Give a temp file or tree (created 0600/0700 by mkstemp/mkdtemp) the modes the umask allows."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temp path beside ``path``; on success rename it to ``path``, on error delete it."""
@@ -27,6 +35,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb") as fh:
             os.fsync(fh.fileno())
+        publish_mode(tmp_path)
         os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():
@@ -59,6 +68,7 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp
         if target.exists():
             shutil.rmtree(target)
+        publish_mode(tmp)
         os.replace(tmp, target)
     finally:
         if tmp.exists():

@@ -20,17 +20,20 @@ SRC = Path("src/cmml")
 COMMON_SOURCES = ["__init__.py", "__main__.py", "cli.py", "config.py", "errors.py", "pipeline/atomic.py", "pipeline/plan.py",
                   "provenance/hashing.py", "provenance/sidecar.py"]
 # Source files each stage kind runs (relative to src/cmml); method files are added per run.
+# methods/registry.py is deliberately absent: it is a lookup table, and adding a method's line
+# must not retrain every other method (the run's own method file is a dep).
 KIND_SOURCES: dict[str, list[str]] = {
     "prepare": ["data/embedded.py", "data/prepare.py", "data/tokenizer.py"],
     "tasks": ["data/tasks.py"],
     "missing": ["data/missing.py", "data/tasks.py"],
-    "pretrain": ["data/dataset.py", "data/tokenizer.py", "data/tasks.py", "models/backbone.py", "models/pretrain.py", "train/device.py"],
+    "pretrain": ["data/dataset.py", "data/tokenizer.py", "data/tasks.py", "models/backbone.py", "models/pretrain.py", "train/device.py",
+                 "train/loop.py", "eval/metrics.py"],
     "train": ["data/dataset.py", "data/tokenizer.py", "data/tasks.py", "models/backbone.py", "methods/base.py",
-              "methods/registry.py", "train/device.py", "train/loop.py", "train/stage.py"],
+              "train/device.py", "train/checkpoint.py", "train/loop.py", "train/stage.py"],
     "evaluate": ["data/dataset.py", "data/tokenizer.py", "data/tasks.py", "models/backbone.py", "methods/base.py",
-                 "methods/registry.py", "train/device.py", "eval/metrics.py", "eval/stage.py"],
+                 "train/device.py", "train/checkpoint.py", "eval/metrics.py", "eval/stage.py"],
     "aggregate": ["eval/metrics.py", "report/aggregate.py"],
-    "report": ["report/report.py"],
+    "report": ["eval/metrics.py", "report/aggregate.py", "report/report.py"],
 }
 INIT_TASK = -1  # evaluation row of the untrained model (for FWT)
 
@@ -151,14 +154,14 @@ def plan(params: dict[str, Any], params_file: str = "params.yaml") -> list[Stage
     P = Paths(params)
     pf = params_file
     stages: list[Stage] = []
-    embedded = params["benchmark"]["name"] == "embedded"
+    tiny = params["backbone"]["source"] == "tiny"
     stages.append(Stage(
         name="prepare", kind="prepare", args={}, deps=_sources("prepare"), outs=[P.data], dir_outs=[P.data],
         params=["benchmark"], sidecar=f"{P.data}/prov.json", params_file=pf))
     stages.append(Stage(
         name="tasks", kind="tasks", args={}, deps=[P.data, *_sources("tasks")], outs=[P.tasks], dir_outs=[P.tasks],
         params=["tasks.num_tasks", "tasks.order_seed"], sidecar=f"{P.tasks}/prov.json", params_file=pf))
-    if embedded or params["backbone"]["source"] == "tiny":
+    if tiny:
         stages.append(Stage(
             name="pretrain", kind="pretrain", args={}, deps=[P.data, P.tasks, *_sources("pretrain")],
             outs=[P.backbone], dir_outs=[P.backbone], params=["backbone", "pretrain", "runtime.device", "runtime.threads"],
@@ -174,7 +177,7 @@ def plan(params: dict[str, Any], params_file: str = "params.yaml") -> list[Stage
     for r in all_runs:
         mkeys = [f"methods.{m}" for m in method_chain(params, r.method)]
         msrc = method_sources(params, r.method)
-        common_deps = [P.data, P.tasks, P.backbone, P.missing(r.setting, r.seed)]
+        common_deps = [P.data, P.tasks, *([P.backbone] if tiny else []), P.missing(r.setting, r.seed)]
         prev: str | None = None
         for t in train_tasks(params, r):
             out = P.ckpt(r, t)
@@ -199,7 +202,8 @@ def plan(params: dict[str, Any], params_file: str = "params.yaml") -> list[Stage
         name="aggregate", kind="aggregate", args={}, deps=[P.tasks, *eval_rows, *_sources("aggregate")],
         outs=[*AGG_OUTS, AGG_SIDECAR], dir_outs=[f"{RESULTS}/matrices"], uncached=[*AGG_OUTS, AGG_SIDECAR],
         metrics=[f"{RESULTS}/metrics.json"],
-        params=["experiments"], sidecar=AGG_SIDECAR, params_file=pf))
+        params=["experiments", "tasks.num_tasks", *sorted({f"methods.{m}" for r in all_runs for m in method_chain(params, r.method)}),
+                "benchmark.name", "benchmark.variant"], sidecar=AGG_SIDECAR, params_file=pf))
     stages.append(Stage(
         name="report", kind="report", args={}, deps=[*AGG_OUTS, AGG_SIDECAR, *_sources("report")], outs=[REPORT_DIR],
         dir_outs=[REPORT_DIR], uncached=[REPORT_DIR], params=["report", "settings", "experiments"],

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from cmml.config import params_hash
-from cmml.pipeline.atomic import write_json
+from cmml.pipeline.atomic import publish_mode, write_json
 from cmml.provenance.hashing import hash_file, hash_tree
 
 SCHEMA = 1
@@ -120,6 +120,7 @@ class StageRun:
                 shutil.rmtree(final)
             elif final.exists():
                 final.unlink()
+            publish_mode(tmp)
             os.replace(tmp, final)
         record = {
             "schema": SCHEMA,

@@ -1,0 +1,1 @@
+"""Evaluation: per-task scores and continual-learning metrics over the score matrix."""

@@ -1,0 +1,1 @@
+"""Backbones: transformers' ViltModel driven through one small injection interface."""

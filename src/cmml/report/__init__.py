@@ -1,0 +1,1 @@
+"""Results: aggregation of the evaluated score matrices, and the static report (tables, PNG plots, HTML)."""

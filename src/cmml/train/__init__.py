@@ -1,0 +1,1 @@
+"""Training: device selection, the per-task optimisation loop, the train stage."""

@@ -1,0 +1,212 @@
+"""aggregate + report stages on a synthetic tree of scores.json files (hand-computed expectations)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from cmml.config import Run, load_params
+from cmml.errors import DataError
+from cmml.pipeline.plan import INIT_TASK, Paths, find, plan
+from cmml.report import aggregate, report
+
+REPO = Path(__file__).resolve().parents[1]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+# finetune_head: full rows (init + task0..2). joint: only the last row.
+ROWS: dict[tuple[str, int], dict[int, list[float]]] = {
+    ("finetune_head", 0): {INIT_TASK: [10.0, 4.0, 2.0], 0: [80.0, 10.0, 5.0], 1: [85.0, 70.0, 8.0], 2: [50.0, 40.0, 90.0]},
+    ("finetune_head", 1): {INIT_TASK: [5.0, 8.0, 3.0], 0: [70.0, 20.0, 10.0], 1: [65.0, 60.0, 12.0], 2: [40.0, 50.0, 80.0]},
+    ("joint", 0): {2: [70.0, 75.0, 80.0]},
+    ("joint", 1): {2: [60.0, 65.0, 70.0]},
+}
+# Per run, by hand:
+#   finetune_head seed0: AP (50+40+90)/3 = 60; forgetting ((80-50)+(70-40))/2 = 30;
+#     forgetting_max ((max(80,85)-50)+(70-40))/2 = 32.5; last 90; bwt -30; fwt ((10-4)+(8-2))/2 = 6
+#   finetune_head seed1: AP (40+50+80)/3 = 56.6667; forgetting ((70-40)+(60-50))/2 = 20;
+#     forgetting_max ((max(70,65)-40)+(60-50))/2 = 20; last 80; bwt -20; fwt ((20-8)+(12-3))/2 = 10.5
+#   joint seed0: AP 75, last 80; seed1: AP 65, last 70; history metrics undefined (null / empty).
+PER_RUN = {
+    ("finetune_head", 0): {"AP": 60.0, "forgetting": 30.0, "forgetting_max": 32.5, "last": 90.0, "bwt": -30.0, "fwt": 6.0},
+    ("finetune_head", 1): {"AP": 56.6667, "forgetting": 20.0, "forgetting_max": 20.0, "last": 80.0, "bwt": -20.0, "fwt": 10.5},
+    ("joint", 0): {"AP": 75.0, "forgetting": None, "forgetting_max": None, "last": 80.0, "bwt": None, "fwt": None},
+    ("joint", 1): {"AP": 65.0, "forgetting": None, "forgetting_max": None, "last": 70.0, "bwt": None, "fwt": None},
+}
+# Over the two seeds: mean and sample std (|a-b|/sqrt 2).
+OVER_SEEDS = {
+    "finetune_head": {"AP": (58.3333, 2.357), "forgetting": (25.0, 7.0711), "forgetting_max": (26.25, 8.8388),
+                      "last": (85.0, 7.0711), "bwt": (-25.0, 7.0711), "fwt": (8.25, 3.182)},
+    "joint": {"AP": (70.0, 7.0711), "last": (75.0, 7.0711),
+              "forgetting": (None, None), "forgetting_max": (None, None), "bwt": (None, None), "fwt": (None, None)},
+}
+
+
+@pytest.fixture
+def params(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """params.yaml with 2 methods x 1 setting x 2 seeds, T=3, in a tmp cwd."""
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    raw = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    raw["tasks"]["num_tasks"] = 3
+    raw["experiments"] = {"main": {"methods": ["finetune_head", "joint"], "settings": ["both70"], "seeds": [0, 1]}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    monkeypatch.chdir(tmp_path)
+    return load_params("params.yaml")
+
+
+def write_scores(params: dict[str, Any], metric: str = "accuracy") -> None:
+    """One scores.json per evaluated row of every run (secondary f1_micro = primary - 1 for F1)."""
+    P = Paths(params)
+    for (method, seed), rows in ROWS.items():
+        for t, vals in rows.items():
+            d = Path(P.eval(Run(method, "both70", seed), t))
+            d.mkdir(parents=True)
+            scores = {metric: vals} if metric == "accuracy" else {metric: vals, "f1_micro": [v - 1 for v in vals]}
+            doc = {"row": t, "metric": metric, "scores": scores, "counts": [30, 30, 30], "scenario": "class"}
+            (d / "scores.json").write_text(json.dumps(doc))
+
+
+def run_stage(params: dict[str, Any], name: str) -> None:
+    mod = aggregate if name == "aggregate" else report
+    mod.run(find(plan(params), name), params)
+
+
+def leftovers(root: Path) -> list[Path]:
+    """Temp files/dirs a stage may have left (dot-prefixed)."""
+    return list(root.rglob(".*")) if root.exists() else []
+
+
+def test_aggregate_outputs_match_hand_computation(params: dict[str, Any]) -> None:
+    write_scores(params)
+    run_stage(params, "aggregate")
+
+    doc = json.loads(Path("results/metrics.json").read_text())
+    assert sorted(doc) == ["both70/finetune_head", "both70/joint"]
+    for method, expect in OVER_SEEDS.items():
+        entry = doc[f"both70/{method}"]
+        assert entry["metric"] == "accuracy" and entry["n_seeds"] == 2
+        for k, (mean, std) in expect.items():
+            if mean is None:
+                assert entry[k] == {"mean": None, "std": None}, k
+            else:
+                assert entry[k]["mean"] == pytest.approx(mean, abs=1e-4), k
+                assert entry[k]["std"] == pytest.approx(std, abs=1e-4), k
+
+    with open("results/summary.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == aggregate.SUMMARY_COLUMNS
+    assert [(r["method"], int(r["seed"])) for r in rows] == list(PER_RUN)
+    for r in rows:
+        assert (r["benchmark"], r["setting"], r["metric"]) == ("embedded", "both70", "accuracy")
+        for k, v in PER_RUN[(r["method"], int(r["seed"]))].items():
+            if v is None:
+                assert r[k] == "", k
+            else:
+                assert float(r[k]) == pytest.approx(v, abs=1e-4), k
+
+    mats = Path("results/matrices")
+    assert sorted(p.name for p in mats.iterdir()) == [
+        "both70__finetune_head__seed0.csv", "both70__finetune_head__seed1.csv", "both70__joint__seed0.csv", "both70__joint__seed1.csv"]
+    assert (mats / "both70__finetune_head__seed0.csv").read_text().splitlines() == [
+        "row,task0,task1,task2", "init,10.00,4.00,2.00", "task0,80.00,10.00,5.00", "task1,85.00,70.00,8.00", "task2,50.00,40.00,90.00"]
+    assert (mats / "both70__joint__seed1.csv").read_text().splitlines() == ["row,task0,task1,task2", "task2,60.00,65.00,70.00"]
+
+    side = json.loads(Path("results/aggregate.prov.json").read_text())
+    assert side["stage"] == "aggregate" and "results/metrics.json" in side["outputs"]
+    assert leftovers(Path("results")) == []
+
+
+def test_aggregate_uses_primary_metric_f1(params: dict[str, Any]) -> None:
+    write_scores(params, metric="f1_macro")
+    run_stage(params, "aggregate")
+    entry = json.loads(Path("results/metrics.json").read_text())["both70/finetune_head"]
+    assert entry["metric"] == "f1_macro"
+    assert entry["AP"]["mean"] == pytest.approx(58.3333, abs=1e-4)
+
+
+def test_aggregate_output_is_stable_text(params: dict[str, Any]) -> None:
+    write_scores(params)
+    run_stage(params, "aggregate")
+    files = [Path("results/metrics.json"), *Path("results").rglob("*.csv")]
+    first = {p: p.read_bytes() for p in files}
+    run_stage(params, "aggregate")
+    assert {p: p.read_bytes() for p in first} == first
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda p: p.write_text("{not json"), "not valid JSON"),
+    (lambda p: p.unlink(), "missing"),
+    (lambda p: p.write_text(json.dumps({**json.loads(p.read_text()), "counts": [30, 30]})), "'counts'"),
+    (lambda p: p.write_text(json.dumps({**json.loads(p.read_text()), "row": 0})), "'row'"),
+])
+def test_aggregate_bad_scores_names_file_and_writes_nothing(params: dict[str, Any], damage: Any, message: str) -> None:
+    write_scores(params)
+    bad = Path(Paths(params).eval(Run("finetune_head", "both70", 1), 1)) / "scores.json"
+    damage(bad)
+    with pytest.raises(DataError, match=message) as err:
+        run_stage(params, "aggregate")
+    assert str(bad) in str(err.value)
+    assert not Path("results").exists()
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """Width and height from a PNG's IHDR chunk (asserting the signature)."""
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC and data[12:16] == b"IHDR", path
+    return struct.unpack(">II", data[16:24])
+
+
+def test_report_contains_every_method_and_valid_pngs(params: dict[str, Any]) -> None:
+    write_scores(params)
+    run_stage(params, "aggregate")
+    run_stage(params, "report")
+
+    out = Path("results/report")
+    md = (out / "index.md").read_text()
+    page = (out / "index.html").read_text()
+    assert md.startswith(f"# {params['report']['title']}\n")
+    for text in (md, page):
+        for needle in ("finetune_head", "joint", "both70", "58.33 ± 2.36", "85.00 ± 7.07", "8.25 ± 3.18", "n/a",
+                       "35% text, 35% image", "Forgetting (max)", "How to read"):
+            assert needle in text, needle
+    assert "| finetune_head | accuracy | 58.33 ± 2.36 | 25.00 ± 7.07 | 85.00 ± 7.07 | 2 |" in md
+    assert "http" not in page and "<table>" in page
+
+    heatmaps = sorted((out / "heatmaps").iterdir())
+    assert [p.stem for p in heatmaps] == [p.stem for p in sorted(Path("results/matrices").iterdir())]
+    for p in heatmaps:
+        assert png_size(p) == (320, 240)
+        assert f"heatmaps/{p.name}" in md and f'href="heatmaps/{p.name}"' in page
+    png_size(out / "ap.png")
+    assert "](ap.png)" in md and 'src="ap.png"' in page
+    assert json.loads((out / "prov.json").read_text())["stage"] == "report"
+    assert leftovers(Path("results")) == []
+
+
+def test_report_without_aggregate_names_missing_file(params: dict[str, Any]) -> None:
+    with pytest.raises(DataError, match="results/metrics.json"):
+        run_stage(params, "report")
+    assert not Path("results").exists()
+
+
+def test_report_rejects_stale_metrics(params: dict[str, Any]) -> None:
+    write_scores(params)
+    run_stage(params, "aggregate")
+    doc = json.loads(Path("results/metrics.json").read_text())
+    del doc["both70/joint"]
+    Path("results/metrics.json").write_text(json.dumps(doc))
+    with pytest.raises(DataError, match="both70/joint"):
+        run_stage(params, "report")
+    assert not Path("results/report").exists()
+
+
+def test_rounded_never_negative_zero() -> None:
+    assert math.copysign(1.0, aggregate.rounded(-0.00001)) == 1.0
+    assert aggregate.rounded(math.nan) is None
