@@ -50,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
         if kind in ("train", "evaluate"):
             s.add_argument("--method", required=True, help="a run name under 'methods' in params.yaml")
             s.add_argument("--task", type=int, required=True, help="task index (-1: the untrained model)")
+    w = sub.add_parser("worker", help="serve model stages from a warm process (started automatically)")
+    w.add_argument("--socket", required=True)
+    w.add_argument("--idle", type=float, default=120.0, help="exit after this many idle seconds")
     a = sub.add_parser("audit", help="verify the provenance chain of an artefact")
     a.add_argument("paths", nargs="+")
     a.add_argument("--params", default="params.yaml")
@@ -79,8 +82,20 @@ def run_stage(kind: str, args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `cmml` console script and of `python -m cmml`."""
+    argv = sys.argv[1:] if argv is None else argv
+    from cmml.pipeline.worker import delegate
+
+    code = delegate(argv)
+    if code is not None:
+        return code
     args = _parser().parse_args(argv)
     try:
+        if args.command == "worker":
+            from pathlib import Path
+
+            from cmml.pipeline.worker import serve
+
+            return serve(Path(args.socket), args.idle)
         if args.command in HANDLERS:
             run_stage(args.command, args)
             return 0

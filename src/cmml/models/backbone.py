@@ -173,9 +173,11 @@ def new_vilt(config) -> nn.Module:
 def load_backbone(path: str | Path) -> Backbone:
     """Load a ViltModel saved with ``save_pretrained`` (a local directory or, with network, a hub id)."""
     from transformers import ViltModel
+    from transformers.utils import logging as hf_logging
 
     from cmml.errors import DataError
 
+    hf_logging.disable_progress_bar()
     try:
         vilt = ViltModel.from_pretrained(str(path), add_pooling_layer=False)
     except (OSError, ValueError, RuntimeError) as exc:

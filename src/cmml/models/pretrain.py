@@ -103,8 +103,11 @@ def run(stage: Stage, params: dict[str, Any]) -> None:
     """Pretrain the tiny backbone and save it (HF save_pretrained + vocab) with its probe numbers."""
     from cmml.data.dataset import load_split
     from cmml.data.tokenizer import load_tokenizer
+    from transformers.utils import logging as hf_logging
+
     from cmml.models.backbone import Backbone, new_vilt, tiny_config
 
+    hf_logging.disable_progress_bar()
     pre = params["pretrain"]
     device = select_device(params["runtime"])
     seed_everything(pre["seed"])

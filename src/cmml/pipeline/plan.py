@@ -17,7 +17,7 @@ from cmml.config import Run, benchmark_id, method_chain, method_name, runs
 from cmml.errors import ConfigError
 
 SRC = Path("src/cmml")
-COMMON_SOURCES = ["__init__.py", "__main__.py", "cli.py", "config.py", "errors.py", "pipeline/atomic.py", "pipeline/plan.py",
+COMMON_SOURCES = ["__init__.py", "__main__.py", "cli.py", "config.py", "errors.py", "pipeline/atomic.py", "pipeline/plan.py", "pipeline/worker.py",
                   "provenance/hashing.py", "provenance/sidecar.py"]
 # Source files each stage kind runs (relative to src/cmml); method files are added per run.
 # methods/registry.py is deliberately absent: it is a lookup table, and adding a method's line

@@ -48,7 +48,10 @@ def environment() -> dict[str, Any]:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             versions[pkg] = None
-    env = {"python": platform.python_version(), "platform": platform.platform(), "packages": versions}
+    from cmml.pipeline import worker
+
+    env = {"python": platform.python_version(), "platform": platform.platform(), "packages": versions,
+           "via_worker": worker.in_worker()}
     torch = sys.modules.get("torch")
     if torch is not None:
         env["cuda"] = torch.version.cuda
