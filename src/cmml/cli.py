@@ -70,7 +70,9 @@ def run_stage(kind: str, args: argparse.Namespace) -> None:
     """Validate params, find the stage in the plan, run its handler."""
     from cmml.config import load_params
     from cmml.pipeline.plan import find, plan
+    from cmml.provenance.sidecar import mark_stage_start
 
+    mark_stage_start()
     params = load_params(args.params)
     if os.environ.get("DVC_STAGE"):
         from cmml.pipeline.dvcgen import check_current

@@ -1,7 +1,7 @@
 """The evaluate stage: score one checkpoint (one row of the matrix) on every task's test split.
 
 CLI: ``python -m cmml evaluate --method RUN --setting S --seed K --task T`` (T = -1: the
-untrained model, the FWT baseline). Writes ``scores.json``: per task j the primary metric
+untrained model as task 0's training starts from it, the FWT baseline). Writes ``scores.json``: per task j the primary metric
 (accuracy, or F1-macro for multi-label) over the logit columns of ``TaskInfo.columns``.
 """
 
@@ -30,7 +30,9 @@ def run(stage: Stage, params: dict[str, Any]) -> None:
     device = select_device(params["runtime"])
     ctx, backbone = load_context(params, run_id)
     method = build_method(ctx, backbone)
-    if row != INIT_TASK:
+    if row == INIT_TASK:
+        method.begin_task(0)  # the state task 0's training starts from (same seed, same init)
+    else:
         load_checkpoint(Path(ctx.paths.ckpt(run_id, row)) / CKPT_FILE, ctx, method, row)
     method.to(device.device).eval()
     test = load_split(ctx.data_dir, Path(ctx.paths.tasks), "test", ctx.tokenizer, missing_dir=ctx.missing_dir)

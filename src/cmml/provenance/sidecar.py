@@ -27,6 +27,13 @@ from cmml.pipeline.atomic import publish_mode, write_json
 from cmml.provenance.hashing import hash_file, hash_tree
 
 SCHEMA = 1
+_stage_started: float | None = None
+
+
+def mark_stage_start() -> None:
+    """Record when the stage command started, so sidecars report the whole stage's wall time."""
+    global _stage_started
+    _stage_started = time.time()
 PACKAGES = ("cmml", "torch", "transformers", "tokenizers", "numpy", "pandas", "pyarrow", "torchmetrics", "snakemake", "dvc")
 
 
@@ -85,7 +92,7 @@ class StageRun:
     _t0: float = 0.0
 
     def __enter__(self) -> StageRun:
-        self._t0 = time.time()
+        self._t0 = _stage_started or time.time()
         for out, is_dir in self.outputs.items():
             final = self.root / out
             final.parent.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,6 @@ made it; the frozen backbone is referenced by the sha256 of its weights.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,15 +47,6 @@ class RunContext:
         return Path(self.paths.missing(self.run.setting, self.run.seed))
 
 
-def manifest(data_dir: Path) -> dict[str, Any]:
-    """The prepared benchmark's manifest.json."""
-    path = data_dir / "manifest.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: cannot read the benchmark manifest ({exc})") from None
-
-
 def backbone_dir(params: dict[str, Any]) -> Path:
     """The saved backbone: the pretrain stage's output (tiny) or ``backbone.pretrained``."""
     if params["backbone"]["source"] == "tiny":
@@ -67,13 +57,13 @@ def backbone_dir(params: dict[str, Any]) -> Path:
 def load_context(params: dict[str, Any], run: Run) -> tuple[RunContext, Backbone]:
     """Resolve the run's hyper-parameters, task split, tokenizer and (frozen) backbone."""
     from cmml.config import method_name
-    from cmml.data.tasks import load_tasks
+    from cmml.data.tasks import load_tasks, read_manifest
     from cmml.data.tokenizer import load_tokenizer
 
     paths = Paths(params)
     bdir = backbone_dir(params)
     tasks = load_tasks(Path(paths.tasks))
-    info = TaskInfo(tuple(tasks.offsets), manifest(Path(paths.data))["label_type"] == "multi", params["tasks"]["scenario"])
+    info = TaskInfo(tuple(tasks.offsets), read_manifest(Path(paths.data))["label_type"] == "multi", params["tasks"]["scenario"])
     tok = load_tokenizer(bdir / "vocab.txt", params["benchmark"]["max_text_len"])
     ctx = RunContext(run=run, hp=resolve_hparams(params, run.method), method_name=method_name(params, run.method),
                      paths=paths, backbone_dir=bdir, backbone_sha256=backbone_digest(bdir), info=info,
