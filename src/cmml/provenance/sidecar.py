@@ -34,14 +34,21 @@ def mark_stage_start() -> None:
     """Record when the stage command started, so sidecars report the whole stage's wall time."""
     global _stage_started
     _stage_started = time.time()
+
+
 PACKAGES = ("cmml", "torch", "transformers", "tokenizers", "numpy", "pandas", "pyarrow", "torchmetrics", "snakemake", "dvc")
 
 
 def git_state(root: Path) -> dict[str, Any]:
-    """Commit and dirty flag of the repository at ``root`` (None where git or a repo is absent)."""
+    """Commit and dirty flag of the repository at ``root`` (None where git or a repo is absent).
+
+    Dirty means tracked *code or configuration* differs from the commit; the pipeline's own
+    products (results/, runs/, dvc.lock), rewritten while a run is under way, do not count.
+    """
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, check=True).stdout.strip())
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                      ":!results", ":!runs", ":!dvc.lock"], cwd=root, capture_output=True, text=True, check=True).stdout.strip())
     except (OSError, subprocess.CalledProcessError):
         return {"commit": None, "dirty": None}
     return {"commit": commit, "dirty": dirty}
