@@ -518,7 +518,10 @@ def main(paths: list[str], params_file: str = "params.yaml", quiet: bool = False
     """`cmml audit`: print the tree (unless quiet); 0 when every link holds, else 1."""
     lines, broken = audit(paths, params_file)
     if not quiet:
-        print("\n".join(lines))
+        try:
+            print("\n".join(lines), flush=True)
+        except BrokenPipeError:  # `cmml audit ... | head`: the reader left; the verdict is the exit code
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     if broken:
         print(f"BROKEN: {broken[0]}", file=sys.stderr)
         return 1
