@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 from typing import Any
 
@@ -85,6 +86,7 @@ def run_stage(kind: str, args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `cmml` console script and of `python -m cmml`."""
     argv = sys.argv[1:] if argv is None else argv
+    signal.signal(signal.SIGTERM, _terminate)  # clean up temp outputs when Snakemake/DVC stop a job
     from cmml.pipeline.worker import delegate
 
     code = delegate(argv)
@@ -115,6 +117,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cmml {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return 1
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    """SIGTERM -> SystemExit, so context managers remove half-written temp outputs."""
+    raise SystemExit(128 + signum)
 
 
 def _check(params_file: str) -> int:

@@ -103,6 +103,8 @@ class StageRun:
         for out, is_dir in self.outputs.items():
             final = self.root / out
             final.parent.mkdir(parents=True, exist_ok=True)
+            for stale in final.parent.glob(f".{final.name}.*.tmp"):  # left by a killed earlier run
+                shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
             if is_dir:
                 self._tmp[out] = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
             else:
