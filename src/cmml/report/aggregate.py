@@ -60,20 +60,26 @@ def _number(v: Any) -> bool:
     return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isinf(v))
 
 
-def load_scores(path: Path, row: int, num_tasks: int) -> dict[str, Any]:
-    """A checked ``scores.json`` of row ``row``; DataError naming the file when it is missing or malformed."""
+def read_object(path: Path, producer: str) -> dict[str, Any]:
+    """A JSON object from ``path``; DataError naming the file (and the stage that makes it) otherwise."""
     if not path.is_file():
-        raise DataError(f"{path}: missing; run the evaluate stage for this row first")
+        raise DataError(f"{path}: missing; run the {producer} stage first")
     try:
         doc = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataError(f"{path}: not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise DataError(f"{path}: expected a JSON object, got {type(doc).__name__}")
+    return doc
+
+
+def load_scores(path: Path, row: int, num_tasks: int) -> dict[str, Any]:
+    """A checked ``scores.json`` of row ``row``; DataError naming the file when it is missing or malformed."""
+    doc = read_object(path, "evaluate")
 
     def bad(what: str) -> DataError:
         return DataError(f"{path}: {what}")
 
-    if not isinstance(doc, dict):
-        raise bad(f"expected a JSON object, got {type(doc).__name__}")
     for key in ("row", "metric", "scores", "counts", "scenario"):
         if key not in doc:
             raise bad(f"missing key '{key}'")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import html
-import json
 import math
 import re
 from pathlib import Path
@@ -22,7 +21,7 @@ from cmml.errors import DataError
 from cmml.eval.metrics import METRIC_KEYS
 from cmml.pipeline.plan import REPORT_DIR
 from cmml.provenance.sidecar import stage_run
-from cmml.report.aggregate import MATRICES, METRICS_JSON, SUMMARY_CSV, matrix_name
+from cmml.report.aggregate import MATRICES, METRICS_JSON, SUMMARY_CSV, matrix_name, read_object
 
 FIGSIZE = (4.0, 3.0)
 DPI = 80
@@ -49,18 +48,6 @@ HOW_TO_READ = [
 ]
 
 Block = tuple[Any, ...]  # (kind, *content); kinds: h1 h2 h3 p ul links table img
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise DataError(f"{path}: missing; run the aggregate stage first")
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path}: not valid JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise DataError(f"{path}: expected a JSON object")
-    return doc
 
 
 def _read_csv(path: Path) -> list[list[str]]:
@@ -240,7 +227,7 @@ def plot_ap(path: Path, settings: list[str], methods: list[str], groups: dict[st
 
 def run(stage: Any, params: dict[str, Any]) -> None:
     """Stage handler: read the aggregate outputs, write the report folder."""
-    metrics_doc = _read_json(Path(METRICS_JSON))
+    metrics_doc = read_object(Path(METRICS_JSON), "aggregate")
     all_runs = runs(params)
     groups = {key: load_group(metrics_doc, key, Path(METRICS_JSON)) for key in dict.fromkeys(f"{r.setting}/{r.method}" for r in all_runs)}
     summary = _read_csv(Path(SUMMARY_CSV))
