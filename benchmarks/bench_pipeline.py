@@ -33,6 +33,8 @@ BIN = Path(sys.executable).parent
 def sh(cmd: list[str], cwd: Path, **env: str) -> float:
     """Run ``cmd`` and return its wall time (raises with the tail of its output on failure)."""
     full_env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1", **env}
+    if (cwd / "src/cmml").is_dir():  # the project copy's own code, not the installed checkout's
+        full_env["PYTHONPATH"] = str(cwd / "src")
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=full_env)
     wall = time.perf_counter() - t0
@@ -44,7 +46,7 @@ def sh(cmd: list[str], cwd: Path, **env: str) -> float:
 def project(dest: Path, params: dict) -> Path:
     """A temp copy of the project (code, workflow, git + DVC repo) with ``params``."""
     dest.mkdir(parents=True)
-    for item in ("Snakefile", "workflow", "src", "pyproject.toml"):
+    for item in ("Snakefile", "workflow", "src", "pyproject.toml", ".dvcignore"):
         src = ROOT / item
         if src.is_dir():
             shutil.copytree(src, dest / item, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
@@ -66,26 +68,24 @@ def bare_loop_throughput(proj: Path, params: dict, run: str, epochs: int) -> flo
     from cmml.data.dataset import load_split
     from cmml.data.tokenizer import load_tokenizer
     from cmml.models.backbone import load_backbone
-    from cmml.pipeline.plan import Paths
+    from cmml.pipeline.plan import find, plan
 
     os.chdir(proj)
     torch.set_num_threads(params["runtime"]["threads"] or os.cpu_count() or 1)
-    paths = Paths(params)
-    seed = params["experiments"]["main"]["seeds"][0]
-    setting = params["experiments"]["main"]["settings"][0]
-    tok = load_tokenizer(Path(paths.backbone) / "vocab.txt", params["benchmark"]["max_text_len"])
-    data = load_split(Path(paths.data), Path(paths.tasks), "train", tok, task_ids=[0],
-                      missing_dir=Path(paths.missing(setting, seed)))
-    backbone = load_backbone(paths.backbone)
+    seed = params["cmml"]["experiments"]["main"]["seeds"][0]
+    setting = params["cmml"]["experiments"]["main"]["settings"][0]
+    a = find(plan(params), f"cmml/train/{setting}/{run}/seed{seed}/task0").args
+    tok = load_tokenizer(Path(a["backbone"]) / "vocab.txt", params["benchmark"]["max_text_len"])
+    data = load_split(Path(a["data"]), Path(a["tasks"]), "train", tok, task_ids=[0],
+                      missing_dir=Path(a["missing"]), fill=params["data"]["fill"])
+    backbone = load_backbone(a["backbone"])
     backbone.requires_grad_(True)
     head = torch.nn.Linear(backbone.hidden_size, data.num_classes)
-    hp = params["methods"][run]
+    hp = params["cmml"]["methods"][run]
     opt = torch.optim.AdamW([*backbone.parameters(), *head.parameters()], lr=hp["lr"], weight_decay=hp["weight_decay"])
     n, bs = len(data), hp["batch_size"]
-    images = (data.images.float() / 255 - 0.5) / 0.5
-    images[data.codes == 2] = 1.0
-    ids = torch.where((data.codes == 1)[:, None], data.empty_ids, data.input_ids)
-    mask = torch.where((data.codes == 1)[:, None], data.empty_mask, data.attention_mask)
+    whole = data.batch(torch.arange(len(data)))  # every image decoded up front, fill applied
+    images, ids, mask = whole.pixel_values, whole.input_ids, whole.attention_mask
     samples, t0 = 0, time.perf_counter()
     for _ in range(epochs):
         perm = torch.randperm(n)
@@ -112,10 +112,11 @@ def main() -> None:
     params = yaml.safe_load(Path(args.params).read_text())
     run = "finetune_full"
     if args.skip_dag:
-        main_exp = params["experiments"]["main"]
-        params["experiments"] = {"main": {"methods": [run], "settings": main_exp["settings"][:1], "seeds": main_exp["seeds"][:1]}}
+        main_exp = params["cmml"]["experiments"]["main"]
+        params["cmml"]["experiments"] = {"main": {"methods": [run], "settings": main_exp["settings"][:1],
+                                                  "seeds": main_exp["seeds"][:1]}}
     if args.bare_loop:
-        print(bare_loop_throughput(Path(args.bare_loop), params, run, params["methods"][run]["epochs"]))
+        print(bare_loop_throughput(Path(args.bare_loop), params, run, params["cmml"]["methods"][run]["epochs"]))
         return
     tmp = Path(tempfile.mkdtemp(prefix="cmml-bench-"))
     proj = project(tmp / "proj", params)
@@ -127,12 +128,13 @@ def main() -> None:
     print(f"DAG ({args.params}{', slice' if args.skip_dag else ''}; {check}): snakemake --cores {args.cores} wall {dag:.1f} s")
     print(f"no-op rerun: snakemake {noop_smk:.2f} s, dvc repro {noop_dvc:.2f} s")
 
-    setting, seed = params["experiments"]["main"]["settings"][0], params["experiments"]["main"]["seeds"][0]
+    exp = params["cmml"]["experiments"]["main"]
+    setting, seed = exp["settings"][0], exp["seeds"][0]
     reps = 3
     # Both measured cold, in fresh processes, 3 times each (median): the stage's own loop timing
     # (recorded in its sidecar) and the bare loop below, run by this script in a subprocess.
-    side_path = proj / f"runs/{params['benchmark']['name']}/{setting}/{run}/seed{seed}/task0/ckpt/prov.json"
-    train = [str(BIN / "python"), "-m", "cmml", "train", "--method", run, "--setting", setting, "--seed", str(seed), "--task", "0"]
+    side_path = proj / f"runs/cmml/{params['benchmark']['name']}/{setting}/{run}/seed{seed}/task0/ckpt.prov.json"
+    train = [str(BIN / "python"), "-m", "cmml", "run", f"cmml/train/{setting}/{run}/seed{seed}/task0"]
     stage_runs = []
     for _ in range(reps):
         sh(train, proj, CMML_WORKER="0")
@@ -140,15 +142,16 @@ def main() -> None:
     stage_sps = statistics.median(r["extra"]["train"]["samples_per_s"] for r in stage_runs)
     bare_cmd = [str(BIN / "python"), __file__, "--bare-loop", str(proj), "--params", args.params] + (["--skip-dag"] if args.skip_dag else [])
     bare_sps = statistics.median(
-        float(subprocess.run(bare_cmd, capture_output=True, text=True, check=True).stdout.split()[-1]) for _ in range(reps))
+        float(subprocess.run(bare_cmd, capture_output=True, text=True, check=True,
+                             env={**os.environ, "PYTHONPATH": str(proj / "src")}).stdout.split()[-1]) for _ in range(reps))
     print(f"train throughput ({run}, task 0, {stage_runs[0]['device']}, median of {reps} cold runs each): "
           f"stage {stage_sps:.0f} samples/s, bare PyTorch loop {bare_sps:.0f} samples/s, "
           f"ratio {stage_sps / bare_sps:.2f}x (target >= 0.9)")
 
-    ev = ["evaluate", "--method", run, "--setting", setting, "--seed", str(seed), "--task", "0"]
+    ev = ["run", f"cmml/evaluate/{setting}/{run}/seed{seed}"]
     py = str(BIN / "python")
     empty = statistics.median(sh([py, "-c", "pass"], proj) for _ in range(reps))
-    light = statistics.median(sh([py, "-m", "cmml", "tasks"], proj) for _ in range(reps))
+    light = statistics.median(sh([py, "-m", "cmml", "run", "data/tasks"], proj) for _ in range(reps))
     direct = statistics.median(sh([py, "-m", "cmml", *ev], proj, CMML_WORKER="0") for _ in range(reps))
     sh([py, "-m", "cmml", *ev], proj)  # make sure the worker is up (spawned by an earlier stage or now)
     time.sleep(8)

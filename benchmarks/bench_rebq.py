@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cmml.methods.base import TaskInfo
+from cmml.methods.base import TaskContext, TaskInfo
 from cmml.methods.finetune import FineTune
 from cmml.methods.prompt_pool import PromptPool
 from cmml.methods.rebq import RebQ
@@ -47,7 +47,7 @@ def reference_forward(method: RebQ, batch: Any, train: bool) -> tuple[Tensor, Te
     if train and memory is not None and hp["alpha"] > 0:
         complete = [i for i in range(b) if codes[i] == 0]
         samples += [(batch.empty_ids, batch.empty_mask, pix[i], 3, i) for i in complete]
-        samples += [(ids[i], mask[i], torch.ones_like(pix[i]), 4, i) for i in complete]
+        samples += [(ids[i], mask[i], batch.empty_pixels, 4, i) for i in complete]
 
     def encode(s: tuple, inject: Injection | None = None) -> tuple[Tensor, Tensor]:
         out = method.backbone(s[0][None], s[1][None], s[2][None], inject)
@@ -108,12 +108,13 @@ def synthetic_batch(n: int, vocab: int, text_len: int, image_size: int, num_clas
     return SimpleNamespace(pixel_values=pix, input_ids=ids, attention_mask=mask, codes=codes,
                            labels=torch.randint(0, num_classes, (n,), generator=g),
                            tasks=torch.zeros(n, dtype=torch.long),
-                           empty_ids=empty_ids, empty_mask=empty_mask)
+                           empty_ids=empty_ids, empty_mask=empty_mask, empty_pixels=torch.ones(3, image_size, image_size))
 
 
 def rebq_hparams(**over: Any) -> dict[str, Any]:
     """params.yaml's recommended rebq block for the tiny 4-layer backbone, with overrides."""
-    hp = {"epochs": 4, "batch_size": 32, "lr": 0.003, "weight_decay": 0.01, "warmup": 0.1, "mask_old_logits": True,
+    hp = {"epochs": 4, "batch_size": 32, "lr": 0.003, "weight_decay": 0.01, "warmup": 0.1, "betas": [0.9, 0.98],
+          "mask_old_logits": True, "bce_mean": "seen",
           "pool_size": 128, "prompt_length": 8, "memory_layers": [0, 1, 2], "text_layers": [0, 1, 2],
           "image_layers": [0, 1, 2], "alpha": 0.01, "reconstruction_target": "h1", "as_released": False,
           "memory_pool": True, "shared_pool": False}
@@ -141,7 +142,7 @@ def backbone_floor(method: RebQ, batch: Any) -> Callable[[], None]:
     c = complete.numel()
     ids = torch.cat([batch.input_ids, batch.empty_ids.expand(c, -1), batch.input_ids[complete]])
     mask = torch.cat([batch.attention_mask, batch.empty_mask.expand(c, -1), batch.attention_mask[complete]])
-    pix = torch.cat([batch.pixel_values, batch.pixel_values[complete], torch.ones_like(batch.pixel_values[complete])])
+    pix = torch.cat([batch.pixel_values, batch.pixel_values[complete], batch.empty_pixels.expand(c, -1, -1, -1)])
     rows = torch.cat([(batch.codes != 0).nonzero().squeeze(1), torch.arange(len(batch.codes), len(ids))])
     length, dim = hp["prompt_length"], bb.hidden_size
 
@@ -179,7 +180,7 @@ def main() -> None:
     batch.labels = batch.labels + info.offsets[last]
     rebq = RebQ(backbone, info, rebq_hparams())
     for t in range(num_tasks):
-        rebq.begin_task(t)
+        rebq.begin_task(TaskContext(t, None, torch.device("cpu")))
     head = FineTune(backbone, info, rebq_hparams() | {"train_backbone": False})
 
     def stepper(method: Any) -> Callable[[], None]:

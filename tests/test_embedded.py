@@ -7,7 +7,6 @@ import json
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -65,12 +64,10 @@ def test_split_sizes_and_primary_counts() -> None:
     assert len(set(s.sample_ids)) == len(s.sample_ids) == 100
 
 
-def test_default_size_generates_fast() -> None:
-    t0 = time.perf_counter()
-    n = sum(len(gen(split, k).images) for split, k in zip(E.SPLITS, (40, 60, 10, 30)))
-    elapsed = time.perf_counter() - t0
-    print(f"\ngenerated {n} samples (20 classes x 140) in {elapsed:.2f} s")
-    assert n == 2800 and elapsed < 5.0
+def test_default_size_counts() -> None:
+    """20 continual classes x (60 + 10 + 30) plus the 28 pretrain classes (7 unused shape groups) x 40."""
+    n = {split: len(gen(split, k).images) for split, k in zip(E.SPLITS, (40, 60, 10, 30))}
+    assert n == {"pretrain": 28 * 40, "train": 20 * 60, "val": 20 * 10, "test": 20 * 30}
 
 
 def test_class_structure() -> None:
@@ -201,15 +198,15 @@ def test_prepare_stage_via_cli_is_reproducible(tmp_path: Path) -> None:
         root = tmp_path / run
         root.mkdir()
         write_params(root, **SMALL)
-        res = cli(root, "prepare")
+        res = cli(root, "run", "data/prepare")
         assert res.returncode == 0, res.stderr
-        data = root / "runs/embedded/data"
+        data = root / "runs/data/embedded/prepared"
         manifest = json.loads((data / "manifest.json").read_text())
         digests.append({s: r["sha256"] for s, r in manifest["splits"].items()})
     assert digests[0] == digests[1]
     assert manifest["label_type"] == "single" and manifest["num_classes"] == 8 and len(manifest["class_names"]) == 8
-    assert {s: r["count"] for s, r in manifest["splits"].items()} == {"pretrain": 24, "train": 48, "val": 16, "test": 24}
-    assert (data / "prov.json").is_file()
+    assert {s: r["count"] for s, r in manifest["splits"].items()} == {"pretrain": 120, "train": 48, "val": 16, "test": 24}
+    assert Path(f"{data}.prov.json").is_file() and not (data / "prov.json").exists()
     vocab = (data / "vocab.txt").read_text().split()
     assert vocab[:5] == list(E.SPECIAL_TOKENS) and vocab[5:] == sorted(vocab[5:])
     table = pq.read_table(data / "train.parquet")
@@ -222,9 +219,9 @@ def test_prepare_stage_via_cli_is_reproducible(tmp_path: Path) -> None:
 
 def test_prepare_refuses_real_datasets(tmp_path: Path) -> None:
     write_params(tmp_path, name="mmimdb")
-    res = cli(tmp_path, "prepare")
+    res = cli(tmp_path, "run", "data/prepare")
     assert res.returncode == 2
-    assert "not available in this version" in res.stderr and "'embedded'" in res.stderr
+    assert "'benchmark.name' is 'mmimdb': no such benchmark in this version; known: ['embedded']" in res.stderr
     assert not (tmp_path / "runs/mmimdb/data").exists()
 
 

@@ -153,3 +153,17 @@ def test_f1_shape_mismatch_raises() -> None:
 def test_module_imports_without_torch() -> None:
     code = "import sys, cmml.eval.metrics; assert 'torch' not in sys.modules and 'torchmetrics' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_binary_auroc_matches_a_hand_count() -> None:
+    import torch
+
+    from cmml.eval.metrics import auroc
+
+    # scores 0.1 0.4 0.35 0.8 for labels 0 0 1 1: 3 of the 4 positive/negative pairs ranked right
+    p = torch.tensor([0.1, 0.4, 0.35, 0.8])
+    logits = torch.log(p / (1 - p))
+    assert auroc(logits, torch.tensor([0, 0, 1, 1])) == pytest.approx(75.0)
+    two = torch.stack([torch.zeros(4), logits], dim=1)  # softmax column 1 = sigmoid(logit)
+    assert auroc(two, torch.tensor([0, 0, 1, 1])) == pytest.approx(75.0)
+    assert math.isnan(auroc(logits, torch.tensor([1, 1, 1, 1])))

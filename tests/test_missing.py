@@ -22,7 +22,7 @@ from cmml.data import missing as M
 from cmml.errors import ConfigError, DataError
 
 REPO = Path(__file__).resolve().parents[1]
-MISSING = Path("runs/embedded/missing")
+MISSING = Path("runs/data/embedded/missing")
 
 
 def set_params(root: Path, **dotted: Any) -> None:
@@ -48,7 +48,7 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cwd = os.getcwd()
     os.chdir(root)
     try:
-        assert main(["prepare"]) == 0 and main(["tasks"]) == 0
+        assert main(["run", "data/prepare"]) == 0 and main(["run", "data/tasks"]) == 0
     finally:
         os.chdir(cwd)
     return root
@@ -129,7 +129,7 @@ def test_draw_map_reproduces_map_snippet() -> None:
 # --- the stage --------------------------------------------------------------------------------
 
 def test_stage_tables_follow_map_rules_and_names_carry_inputs(root: Path) -> None:
-    assert main(["missing", "--setting", "both70", "--seed", "0"]) == 0
+    assert main(["run", "data/missing/both70/seed0"]) == 0
     idx = index("both70", 0)
     assert idx["mode"] == "local" and [(e["task"], e["split"]) for e in idx["tables"]] == \
         [(t, s) for t in (0, 1) for s in ("train", "val", "test")]
@@ -145,14 +145,14 @@ def test_stage_tables_follow_map_rules_and_names_carry_inputs(root: Path) -> Non
         assert e["counts"] == {str(c): codes.count(c) for c in (0, 1, 2)}
     train0 = next(e for e in idx["tables"] if e["task"] == 0 and e["split"] == "train")
     assert train0["n"] == 100 and train0["counts"] == {"0": 30, "1": 35, "2": 35}
-    assert (MISSING / "both70/seed0/prov.json").is_file()
+    assert (MISSING / "both70/seed0.prov.json").is_file()
 
 
 def test_stage_is_deterministic_and_inputs_change_tables(root: Path) -> None:
     for seed in (0, 1):
-        assert main(["missing", "--setting", "both70", "--seed", str(seed)]) == 0
+        assert main(["run", f"data/missing/both70/seed{seed}"]) == 0
     first = index("both70", 0)
-    assert main(["missing", "--setting", "both70", "--seed", "0"]) == 0
+    assert main(["run", "data/missing/both70/seed0"]) == 0
     assert index("both70", 0) == first
     other = index("both70", 1)
     tables = {(e["task"], e["split"]): codes_of("both70", 0, e) for e in first["tables"]}
@@ -165,8 +165,8 @@ def test_stage_is_deterministic_and_inputs_change_tables(root: Path) -> None:
 def test_train_and_test_settings_are_applied(root: Path) -> None:
     set_params(root, **{"settings.mixed": {"train": {"type": "text", "ratio": 0.5},
                                            "test": {"type": "image", "ratio": 0.25}, "both_ratio": 0.5},
-                        "experiments.main.settings": ["mixed"]})
-    assert main(["missing", "--setting", "mixed", "--seed", "0"]) == 0
+                        "cmml.experiments.main.settings": ["mixed"]})
+    assert main(["run", "data/missing/mixed/seed0"]) == 0
     for e in index("mixed", 0)["tables"]:
         want = ("text", 0.5) if e["split"] == "train" else ("image", 0.25)
         assert (e["type"], e["ratio"]) == want
@@ -176,7 +176,7 @@ def test_train_and_test_settings_are_applied(root: Path) -> None:
 def test_map_compat_mode_reproduces_map(root: Path) -> None:
     set_params(root, **{"missing.map_compat": True})
     state = random.getstate()
-    assert main(["missing", "--setting", "both70", "--seed", "0"]) == 0
+    assert main(["run", "data/missing/both70/seed0"]) == 0
     assert random.getstate() == state  # the global generator is restored
     idx = index("both70", 0)
     assert idx["mode"] == "map_compat"
@@ -187,7 +187,7 @@ def test_map_compat_mode_reproduces_map(root: Path) -> None:
 
     # with one task the three tables are exactly MAP's train, val, test draws after random.seed(seed)
     set_params(root, **{"tasks.num_tasks": 1})
-    assert main(["tasks"]) == 0 and main(["missing", "--setting", "both70", "--seed", "0"]) == 0
+    assert main(["run", "data/tasks"]) == 0 and main(["run", "data/missing/both70/seed0"]) == 0
     random.seed(0)
     for e in index("both70", 0)["tables"]:
         assert codes_of("both70", 0, e) == map_table(e["n"], 0.7, "both", 0.5), e["split"]
@@ -196,7 +196,7 @@ def test_map_compat_mode_reproduces_map(root: Path) -> None:
 # --- integrity and bad input --------------------------------------------------------------------
 
 def test_load_codes_verifies_tables(root: Path) -> None:
-    assert main(["missing", "--setting", "both70", "--seed", "0"]) == 0
+    assert main(["run", "data/missing/both70/seed0"]) == 0
     mdir = MISSING / "both70/seed0"
     entry = index("both70", 0)["tables"][0]
     path = mdir / entry["file"]
@@ -217,15 +217,15 @@ def test_ratio_out_of_range_is_a_config_error(root: Path, capsys: pytest.Capture
     set_params(root, **{"settings.both70.train.ratio": 1.5})
     with pytest.raises(ConfigError, match=r"settings\.both70\.train\.ratio.*\[0, 1\]"):
         load_params(root / "params.yaml")
-    assert main(["missing", "--setting", "both70", "--seed", "0"]) == 2
+    assert main(["run", "data/missing/both70/seed0"]) == 2
     assert "settings.both70.train.ratio" in capsys.readouterr().err
     assert not MISSING.exists()
 
 
 def test_corrupt_data_fails_without_output(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    parquet = Path("runs/embedded/data/val.parquet")
+    parquet = Path("runs/data/embedded/prepared/val.parquet")
     parquet.write_bytes(parquet.read_bytes()[:-100])
-    assert main(["missing", "--setting", "both70", "--seed", "0"]) == 2
+    assert main(["run", "data/missing/both70/seed0"]) == 2
     assert "val.parquet" in capsys.readouterr().err
     assert not MISSING.exists() and not list(Path("runs").rglob("*.tmp"))
 
@@ -242,7 +242,7 @@ def test_failure_mid_stage_leaves_no_half_written_output(root: Path, monkeypatch
     real = M.draw_map
     monkeypatch.setattr(M, "draw_map", failing)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        main(["missing", "--setting", "both70", "--seed", "0"])
+        main(["run", "data/missing/both70/seed0"])
     assert len(calls) == 3
     assert not (MISSING / "both70/seed0").exists()
     assert not list(Path("runs").rglob("*.tmp"))

@@ -1,47 +1,174 @@
-"""One source of truth: dvc.yaml is generated from the plan and must be current; the plan's
-stages are consistent (unique names, every dep produced upstream or a source/data file)."""
+"""One source of truth and code-derived dependencies.
+
+dvc.yaml is generated from the plan and must be current; the plan is a DAG with unique names;
+every stage's code identity is the import closure of its entry modules (checked against an
+independent bytecode scan), fingerprints ignore docstrings, edits rerun exactly the stages
+whose closure holds the edited module, and the package has no import cycles.
+"""
 
 from __future__ import annotations
 
+import modulefinder
+import shutil
 from pathlib import Path
 
+import pytest
 import yaml
 
-from cmml.config import load_params
-from cmml.pipeline.dvcgen import dvc_name, expected
-from cmml.pipeline.plan import plan
+from cmml.pipeline import sources
+from cmml.pipeline.dvcgen import differences, expected, render
+from cmml.pipeline.plan import load, plan
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="module")
+def stages():
+    return plan(load(ROOT / "params.yaml"))
+
+
 def test_committed_dvc_yaml_is_up_to_date(monkeypatch) -> None:
     monkeypatch.chdir(ROOT)
-    assert (ROOT / "dvc.yaml").read_text() == expected("params.yaml"), \
-        "dvc.yaml is stale: run `cmml dvc-yaml`"
+    assert differences(expected("params.yaml")) == [], "dvc.yaml files are stale: run `cmml dvc-yaml`"
 
 
-def test_plan_is_a_dag_in_topological_order_with_unique_names() -> None:
-    stages = plan(load_params(ROOT / "params.yaml"))
+def test_dvc_files_are_small_and_hold_every_stage_once(stages) -> None:
+    """One dvc.yaml per stage group (each with its own small dvc.lock), every stage run from the root."""
+    files = {p: yaml.safe_load(t)["stages"] for p, t in render(stages).items()}
+    held = [n for body in files.values() for n in body]
+    assert sorted(held) == sorted(s.dvc_name for s in stages)
+    assert max(map(len, files.values())) <= 3 * 6, {p: len(b) for p, b in files.items()}  # seeds x (tasks + eval)
+    for path, body in files.items():
+        depth = path.count("/")
+        assert all(e.get("wdir", ".") == "/".join([".."] * depth or ["."]) for e in body.values()), path
+    assert set(files["dvc.yaml"]) == {"params", "cmml-aggregate", "cmml-report", "index"}
+
+
+def test_plan_is_a_dag_in_topological_order_with_unique_names(stages) -> None:
     names = [s.name for s in stages]
-    assert len(names) == len(set(names)) == len({dvc_name(s) for s in stages}) == len({s.rule_name for s in stages})
+    assert len(names) == len(set(names)) == len({s.dvc_name for s in stages}) == len({s.rule_name for s in stages})
     produced: set[str] = set()
     for s in stages:
-        for d in s.deps:
-            assert d in produced or d.startswith("src/cmml/"), f"{s.name}: dep {d} not produced upstream"
-            if d.startswith("src/cmml/"):
-                assert (ROOT / d).is_file(), f"{s.name}: source dep {d} does not exist"
+        for d in s.all_deps:
+            if s.name.startswith("code/"):
+                assert (ROOT / d).is_file() and d.startswith("src/cmml/"), f"{s.name}: dep {d} is not a source file"
+            else:
+                assert d in produced, f"{s.name}: dep {d} not produced upstream"
         produced.update(s.outs)
 
 
-def test_task_chain_and_param_keys() -> None:
-    params = load_params(ROOT / "params.yaml")
-    stages = {s.name: s for s in plan(params)}
-    t1 = stages["train/both70/finetune_head/seed0/task1"]
-    assert "runs/embedded/both70/finetune_head/seed0/task0/ckpt" in t1.deps
-    assert "methods.finetune_head" in t1.params and not any("finetune_full" in p for p in t1.params)
-    assert "src/cmml/methods/finetune.py" in t1.deps
-    joint = [n for n in stages if n.startswith("train/both70/joint/seed0/")]
-    assert joint == [f"train/both70/joint/seed0/task{params['tasks']['num_tasks'] - 1}"]
+def test_task_chain_per_seed_backbone_and_param_keys(stages) -> None:
+    by = {s.name: s for s in stages}
+    t1 = by["cmml/train/both70/finetune_head/seed1/task1"]
+    assert "runs/cmml/embedded/both70/finetune_head/seed1/task0/ckpt" in t1.deps
+    assert "runs/data/embedded/backbone/seed1" in t1.deps and "runs/data/embedded/missing/both70/seed1" in t1.deps
+    assert "cmml.methods.finetune_head" in t1.params and not any("finetune_full" in p for p in t1.params)
+    assert t1.code_file == "runs/code/families-cmml-train+methods-finetune.json"
+    params = load(ROOT / "params.yaml")
+    T = params["tasks"]["num_tasks"]
+    assert [n for n in by if n.startswith("cmml/train/both70/joint/seed0/")] == [f"cmml/train/both70/joint/seed0/task{T - 1}"]
+    ev = by["cmml/evaluate/both70/rebq/seed2"]
+    assert ev.args["rows"] == [-1, *range(T)] and all(f"task{t}/ckpt" in d for t, d in zip(range(T), ev.deps[-T:]))
+    assert sorted(n for n in by if n.startswith("data/pretrain/")) == [f"data/pretrain/seed{k}" for k in (0, 1, 2)]
     doc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
-    agg = doc["stages"]["aggregate"]
-    assert agg["metrics"] == [{"results/metrics.json": {"cache": False}}]
+    assert doc["stages"]["cmml-aggregate"]["metrics"] == ["results/cmml/metrics.json"]
+    run_file = yaml.safe_load((ROOT / "pipelines/cmml/both70/rebq/dvc.yaml").read_text())
+    assert "runs/cmml/embedded/both70/rebq/seed2/eval.prov.json" in run_file["stages"]["cmml-evaluate-both70-rebq-seed2"]["outs"]
+
+
+def bytecode_closure(entries: tuple[str, ...]) -> set[str]:
+    """cmml modules reachable from ``entries`` by scanning bytecode (an implementation independent of ours)."""
+    finder = modulefinder.ModuleFinder(path=[str(sources.PKG_DIR.parent)])
+    for e in entries:
+        finder.run_script(str(sources.module_file(e)))
+    found = {m for m in finder.modules if m == "cmml" or m.startswith("cmml.")}
+    packages = {".".join(e.split(".")[:i]) for e in entries for i in range(1, e.count(".") + 1)}
+    return found | set(entries) | packages  # a script run of an entry does not import its own packages
+
+
+def type_checking_only(module: str) -> set[str]:
+    """Modules ``module`` names only inside ``if TYPE_CHECKING:`` (bytecode holds them, we skip them)."""
+    import ast
+
+    tree = ast.parse(sources.module_file(module).read_text())
+    guarded: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and sources._is_type_checking(node):
+            for sub in ast.walk(node):
+                if isinstance(sub, ast.ImportFrom) and sub.module:
+                    guarded |= {sub.module, *(f"{sub.module}.{a.name}" for a in sub.names)}
+    return guarded
+
+
+def test_code_deps_equal_the_import_closure(stages) -> None:
+    code = {s.outs[0]: s for s in stages if s.name.startswith("code/")}
+    groups = {s.code_file: s.code_entries for s in stages if s.code_file}
+    assert set(code) == set(groups)
+    for f, entries in groups.items():
+        ours = set(sources.closure(entries))
+        assert code[f].deps == [sources.rel_path(m) for m in sorted(ours)]
+        scanned = bytecode_closure(entries)
+        assert ours <= scanned, f"{f}: {sorted(ours - scanned)} not found by the bytecode scan"
+        extra = scanned - ours
+        guarded = set().union(*(type_checking_only(m) for m in ours))
+        assert extra <= guarded, f"{f}: imported but missing from the closure: {sorted(extra - guarded)}"
+
+
+def edited_fingerprints(tmp_path: Path, monkeypatch, rel: str, edit) -> dict[str, bool]:
+    """{fingerprint file: changed} after applying ``edit`` to a copy of src/cmml/``rel``."""
+    groups = {s.code_file: s.code_entries for s in plan(load(ROOT / "params.yaml")) if s.code_file}
+    before = {f: sources.fingerprint_text(e) for f, e in groups.items()}
+    copy = tmp_path / "cmml"
+    shutil.copytree(sources.PKG_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    target = copy / rel
+    target.write_text(edit(target.read_text()))
+    monkeypatch.setattr(sources, "PKG_DIR", copy)
+    sources._parsed.cache_clear()
+    try:
+        return {f: sources.fingerprint_text(e) != before[f] for f, e in groups.items()}
+    finally:
+        sources._parsed.cache_clear()
+
+
+def test_editing_missing_py_reruns_exactly_its_users(tmp_path: Path, monkeypatch) -> None:
+    changed = edited_fingerprints(tmp_path, monkeypatch, "data/missing.py", lambda t: t + "\nLIMIT = 1\n")
+    hit = {Path(f).stem for f, c in changed.items() if c}
+    assert "data-missing" in hit and "models-pretrain" in hit
+    assert {"families-cmml-train+methods-rebq", "families-cmml-evaluate+methods-finetune"} <= hit
+    assert not hit & {"data-prepare", "data-tasks", "families-cmml-aggregate", "families-cmml-report", "report-index"}
+
+
+def test_editing_the_report_reruns_only_the_report(tmp_path: Path, monkeypatch) -> None:
+    changed = edited_fingerprints(tmp_path, monkeypatch, "families/cmml/report.py", lambda t: t + "\nWIDTH = 3\n")
+    assert {Path(f).stem for f, c in changed.items() if c} == {"families-cmml-report"}
+
+
+@pytest.mark.parametrize("rel", ["cli.py", "config.py", "pipeline/plan.py", "methods/rebq.py"])
+def test_docstring_edits_rerun_nothing(tmp_path: Path, monkeypatch, rel: str) -> None:
+    changed = edited_fingerprints(tmp_path, monkeypatch, rel, lambda t: t.replace('"""', '"""Edited. ', 1))
+    assert not any(changed.values())
+
+
+def test_no_import_cycles() -> None:
+    graph = {m: set(sources._parsed(m)[1]) - {m} for m in sources.all_modules()}
+    state: dict[str, int] = {}
+    path: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(u: str) -> None:
+        state[u] = 1
+        path.append(u)
+        for v in sorted(graph.get(u, ())):
+            if state.get(v) == 1:
+                cycles.append(path[path.index(v):] + [v])
+            elif v not in state:
+                visit(v)
+        path.pop()
+        state[u] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m)
+    assert not cycles, f"import cycles: {cycles}"
+    assert not any(m.startswith("cmml") for m in graph["cmml.pipeline.worker"]), "the worker must import nothing of cmml"
+    assert not any(m.startswith("cmml.") and m != "cmml.errors" for m in graph["cmml.config"]), "config must be a leaf"

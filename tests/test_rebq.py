@@ -1,4 +1,4 @@
-"""RebQ and its CODA-style prompt pool on a tiny random ViLT (rebq.md §3, §6)."""
+"""RebQ and its CODA-style prompt pool on a tiny random ViLT (docs/rebq.md §3, §6)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from cmml.errors import ConfigError
-from cmml.methods.base import TaskInfo
+from cmml.methods.base import TaskContext, TaskInfo
 from cmml.methods.prompt_pool import PromptPool
 from cmml.methods.rebq import RebQ
-from cmml.methods.registry import resolve_hparams
 from cmml.models.backbone import Backbone, new_vilt, tiny_config
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_rebq.py"
@@ -25,6 +24,11 @@ _spec.loader.exec_module(bench)  # type: ignore[union-attr]
 
 VOCAB, TEXT_LEN, IMAGE = 50, 12, 16
 INFO = TaskInfo(offsets=(0, 3, 6, 9), multilabel=False, scenario="class")  # 3 tasks of 3 classes
+
+
+def tctx(task: int) -> TaskContext:
+    """A task context without data (the mechanics tested here do not read it)."""
+    return TaskContext(task=task, data=None, device=torch.device("cpu"))
 
 
 def tiny_backbone(init_std: float = 0.02) -> Backbone:
@@ -58,7 +62,7 @@ def make(backbone: Backbone, seed: int = 0, **over: Any) -> RebQ:
 
 def train(m: RebQ, task: int, steps: int, b: Any | None = None, lr: float = 1e-2) -> list[dict[str, float]]:
     """``steps`` AdamW steps on task ``task`` (begin_task included); the logs of every step."""
-    m.begin_task(task)
+    m.begin_task(tctx(task))
     b = b if b is not None else batch(task=task, seed=task)
     opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=lr, weight_decay=0.01)
     m.train()
@@ -89,7 +93,7 @@ def test_frozen_backbone_bit_identical(backbone: Backbone) -> None:
 def test_only_current_task_rows_and_head_change(backbone: Backbone) -> None:
     m = make(backbone)
     train(m, 0, 3)
-    m.begin_task(1)
+    m.begin_task(tctx(1))
     trainable = {k for k, p in m.named_parameters() if p.requires_grad}
     expected = {f"pools.{name}.{kind}.1" for name in m.pools for kind in "pka"} | {"head.weight", "head.bias"}
     assert trainable == expected
@@ -105,7 +109,7 @@ def test_new_rows_orthogonal_to_trained_rows(backbone: Backbone) -> None:
     m = make(backbone)
     train(m, 0, 5)
     train(m, 1, 5)
-    m.begin_task(2)
+    m.begin_task(tctx(2))
     for pool in pools(m).values():
         for blocks in (pool.p, pool.k, pool.a):
             old = torch.cat([blocks[0], blocks[1]], dim=1).flatten(2).double()
@@ -125,7 +129,7 @@ def test_reconstruction_loss_decreases(backbone: Backbone) -> None:
 def test_as_released_rows_stay_zero_with_zero_gradients(backbone: Backbone) -> None:
     m = make(backbone, as_released=True)
     train(m, 0, 3)
-    m.begin_task(1)
+    m.begin_task(tctx(1))
     rows = [blocks[1] for pool in pools(m).values() for blocks in (pool.p, pool.k, pool.a)]
     assert all(p.requires_grad and not p.any() for p in rows)
     b = batch(task=1, seed=1)
@@ -173,7 +177,7 @@ def count_rows(m: RebQ, monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 def test_copies_only_in_training(backbone: Backbone, monkeypatch: pytest.MonkeyPatch) -> None:
     m = make(backbone)
-    m.begin_task(0)
+    m.begin_task(tctx(0))
     b = batch(n=10, missing=0.6)  # 3 text-missing, 3 image-missing, 4 complete
     sizes = count_rows(m, monkeypatch)
     m.predict(b)
@@ -197,7 +201,7 @@ def test_checkpoint_round_trip(backbone: Backbone) -> None:
     assert torch.equal(fresh.predict(b), m.predict(b))
     for model in (m, fresh):
         torch.manual_seed(9)
-        model.begin_task(1)
+        model.begin_task(tctx(1))
     new, old = fresh.trainable_state(), m.trainable_state()
     assert all(torch.equal(new[k], old[k]) for k in old)
     assert int(new["pools.memory.learned_tasks"]) == 2 and new["pools.text.p.1"].any()
@@ -210,7 +214,7 @@ def test_ablation_switches(backbone: Backbone, monkeypatch: pytest.MonkeyPatch) 
     b = batch(n=10, missing=0.6)
     m = make(backbone, memory_pool=False)
     assert set(m.pools) == {"text", "image"}
-    m.begin_task(0)
+    m.begin_task(tctx(0))
     sizes = count_rows(m, monkeypatch)
     _, log = m.loss(b, 0)
     assert sizes == [10, 10] and "rec" not in log  # H0 queries of the dummy inputs, final pass
@@ -218,7 +222,7 @@ def test_ablation_switches(backbone: Backbone, monkeypatch: pytest.MonkeyPatch) 
     h0 = m.backbone(b.input_ids, b.attention_mask, b.pixel_values)
     assert torch.equal(q_txt, h0.text_cls) and torch.equal(q_img, h0.image_cls)
     m = make(backbone, alpha=0.0)
-    m.begin_task(0)
+    m.begin_task(tctx(0))
     sizes = count_rows(m, monkeypatch)
     _, log = m.loss(b, 0)
     assert sizes == [10, 6, 10] and "rec" not in log  # no copies; memory pool still reconstructs
@@ -233,9 +237,8 @@ def test_ablation_switches(backbone: Backbone, monkeypatch: pytest.MonkeyPatch) 
     ({"shared_pool": True}, "image_layers"), ({"lr": -1.0}, "lr"),
 ])
 def test_invalid_hparams(over: dict[str, Any], key: str) -> None:
-    params = {"methods": {"r": {"method": "rebq", **hparams(**over)}}}
     with pytest.raises(ConfigError, match=key):
-        resolve_hparams(params, "r")
+        RebQ.resolve_hparams({"method": "rebq", **hparams(**over)}, "cmml.methods.r")
 
 
 @pytest.mark.parametrize("over, key", [({"image_layers": [1, 3]}, "image_layers"), ({"pool_size": 2}, "pool_size"),
@@ -267,3 +270,28 @@ def test_reconstructed_query_moves_towards_complete_query() -> None:
         rebuilt = m.queries(dropped)[0]
     before, after = F.cosine_similarity(dummy, target).mean(), F.cosine_similarity(rebuilt, target).mean()
     assert after > before + 0.5 * (1 - before)
+
+
+def test_as_released_old_rows_decay_like_adamw() -> None:
+    """Released code: task-0 rows stay in AdamW with zero gradients, so weight decay shrinks them."""
+    bb = tiny_backbone()
+    released = make(bb, as_released=True)
+    train(released, 0, 2)
+    released.begin_task(tctx(1))
+    before = [p.detach().clone() for pool in released.pools.values() for p in (*pool.p[:1], *pool.k[:1], *pool.a[:1])]
+    opt = released.configure_optimizer()
+    loss, _ = released.loss(batch(task=1, seed=1), 1)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    lr, wd = opt.param_groups[0]["lr"], opt.param_groups[0]["weight_decay"]
+    released.after_optimizer_step(opt)
+    after = [p.detach() for pool in released.pools.values() for p in (*pool.p[:1], *pool.k[:1], *pool.a[:1])]
+    assert all(torch.allclose(a, b * (1 - lr * wd)) for a, b in zip(after, before))
+    fixed = make(bb)
+    train(fixed, 0, 2)
+    fixed.begin_task(tctx(1))
+    kept = [p.detach().clone() for pool in fixed.pools.values() for p in pool.p[:1]]
+    fixed.after_optimizer_step(fixed.configure_optimizer())
+    assert all(torch.equal(a, b) for a, b in zip(kept, (p for pool in fixed.pools.values() for p in pool.p[:1])))
+    assert fixed.configure_optimizer().param_groups[0]["betas"] == (0.9, 0.98)

@@ -10,13 +10,16 @@ import struct
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 
-from cmml.config import Run, load_params
 from cmml.errors import DataError
-from cmml.pipeline.plan import INIT_TASK, Paths, find, plan
-from cmml.report import aggregate, report
+from cmml.families.cmml import aggregate, report
+from cmml.families.cmml.runs import INIT_ROW as INIT_TASK
+from cmml.families.cmml.runs import row_label
+from cmml.pipeline.plan import find, load, plan
+from cmml.report import render
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -55,27 +58,31 @@ def params(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
     raw = yaml.safe_load((tmp_path / "params.yaml").read_text())
     raw["tasks"]["num_tasks"] = 3
-    raw["experiments"] = {"main": {"methods": ["finetune_head", "joint"], "settings": ["both70"], "seeds": [0, 1]}}
+    raw["cmml"]["experiments"] = {"main": {"methods": ["finetune_head", "joint"], "settings": ["both70"], "seeds": [0, 1]}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     monkeypatch.chdir(tmp_path)
-    return load_params("params.yaml")
+    return load("params.yaml")
+
+
+def eval_dir(params: dict[str, Any], method: str, seed: int) -> Path:
+    """The run's evaluation directory, as the plan names it."""
+    return Path(find(plan(params), f"cmml/evaluate/both70/{method}/seed{seed}").args["out"])
 
 
 def write_scores(params: dict[str, Any], metric: str = "accuracy") -> None:
-    """One scores.json per evaluated row of every run (secondary f1_micro = primary - 1 for F1)."""
-    P = Paths(params)
+    """One scores.json per run with every evaluated row (secondary f1_micro = primary - 1 for F1)."""
     for (method, seed), rows in ROWS.items():
-        for t, vals in rows.items():
-            d = Path(P.eval(Run(method, "both70", seed), t))
-            d.mkdir(parents=True)
-            scores = {metric: vals} if metric == "accuracy" else {metric: vals, "f1_micro": [v - 1 for v in vals]}
-            doc = {"row": t, "metric": metric, "scores": scores, "counts": [30, 30, 30], "scenario": "class"}
-            (d / "scores.json").write_text(json.dumps(doc))
+        d = eval_dir(params, method, seed)
+        d.mkdir(parents=True)
+        doc = {"metric": metric, "counts": [30, 30, 30], "scenario": "class", "rows": {
+            row_label(t): {metric: vals} if metric == "accuracy" else {metric: vals, "f1_micro": [v - 1 for v in vals]}
+            for t, vals in rows.items()}}
+        (d / "scores.json").write_text(json.dumps(doc))
 
 
 def run_stage(params: dict[str, Any], name: str) -> None:
     mod = aggregate if name == "aggregate" else report
-    mod.run(find(plan(params), name), params)
+    mod.run(find(plan(params), f"cmml/{name}"), params)
 
 
 def leftovers(root: Path) -> list[Path]:
@@ -87,7 +94,7 @@ def test_aggregate_outputs_match_hand_computation(params: dict[str, Any]) -> Non
     write_scores(params)
     run_stage(params, "aggregate")
 
-    doc = json.loads(Path("results/metrics.json").read_text())
+    doc = json.loads(Path("results/cmml/metrics.json").read_text())
     assert sorted(doc) == ["both70/finetune_head", "both70/joint"]
     for method, expect in OVER_SEEDS.items():
         entry = doc[f"both70/{method}"]
@@ -99,7 +106,7 @@ def test_aggregate_outputs_match_hand_computation(params: dict[str, Any]) -> Non
                 assert entry[k]["mean"] == pytest.approx(mean, abs=1e-4), k
                 assert entry[k]["std"] == pytest.approx(std, abs=1e-4), k
 
-    with open("results/summary.csv", newline="") as fh:
+    with open("results/cmml/summary.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert list(rows[0]) == aggregate.SUMMARY_COLUMNS
     assert [(r["method"], int(r["seed"])) for r in rows] == list(PER_RUN)
@@ -111,22 +118,22 @@ def test_aggregate_outputs_match_hand_computation(params: dict[str, Any]) -> Non
             else:
                 assert float(r[k]) == pytest.approx(v, abs=1e-4), k
 
-    mats = Path("results/matrices")
+    mats = Path("results/cmml/matrices")
     assert sorted(p.name for p in mats.iterdir()) == [
         "both70__finetune_head__seed0.csv", "both70__finetune_head__seed1.csv", "both70__joint__seed0.csv", "both70__joint__seed1.csv"]
     assert (mats / "both70__finetune_head__seed0.csv").read_text().splitlines() == [
         "row,task0,task1,task2", "init,10.00,4.00,2.00", "task0,80.00,10.00,5.00", "task1,85.00,70.00,8.00", "task2,50.00,40.00,90.00"]
     assert (mats / "both70__joint__seed1.csv").read_text().splitlines() == ["row,task0,task1,task2", "task2,60.00,65.00,70.00"]
 
-    side = json.loads(Path("results/aggregate.prov.json").read_text())
-    assert side["stage"] == "aggregate" and "results/metrics.json" in side["outputs"]
+    side = json.loads(Path("results/cmml/aggregate.prov.json").read_text())
+    assert side["stage"] == "cmml.families.cmml.aggregate" and "results/cmml/metrics.json" in side["outputs"]
     assert leftovers(Path("results")) == []
 
 
 def test_aggregate_uses_primary_metric_f1(params: dict[str, Any]) -> None:
     write_scores(params, metric="f1_macro")
     run_stage(params, "aggregate")
-    entry = json.loads(Path("results/metrics.json").read_text())["both70/finetune_head"]
+    entry = json.loads(Path("results/cmml/metrics.json").read_text())["both70/finetune_head"]
     assert entry["metric"] == "f1_macro"
     assert entry["AP"]["mean"] == pytest.approx(58.3333, abs=1e-4)
 
@@ -134,7 +141,7 @@ def test_aggregate_uses_primary_metric_f1(params: dict[str, Any]) -> None:
 def test_aggregate_output_is_stable_text(params: dict[str, Any]) -> None:
     write_scores(params)
     run_stage(params, "aggregate")
-    files = [Path("results/metrics.json"), *Path("results").rglob("*.csv")]
+    files = [Path("results/cmml/metrics.json"), *Path("results/cmml").rglob("*.csv")]
     first = {p: p.read_bytes() for p in files}
     run_stage(params, "aggregate")
     assert {p: p.read_bytes() for p in first} == first
@@ -144,11 +151,11 @@ def test_aggregate_output_is_stable_text(params: dict[str, Any]) -> None:
     (lambda p: p.write_text("{not json"), "not valid JSON"),
     (lambda p: p.unlink(), "missing"),
     (lambda p: p.write_text(json.dumps({**json.loads(p.read_text()), "counts": [30, 30]})), "'counts'"),
-    (lambda p: p.write_text(json.dumps({**json.loads(p.read_text()), "row": 0})), "'row'"),
+    (lambda p: p.write_text(json.dumps({**json.loads(p.read_text()), "rows": {}})), "'rows'"),
 ])
 def test_aggregate_bad_scores_names_file_and_writes_nothing(params: dict[str, Any], damage: Any, message: str) -> None:
     write_scores(params)
-    bad = Path(Paths(params).eval(Run("finetune_head", "both70", 1), 1)) / "scores.json"
+    bad = eval_dir(params, "finetune_head", 1) / "scores.json"
     damage(bad)
     with pytest.raises(DataError, match=message) as err:
         run_stage(params, "aggregate")
@@ -168,7 +175,7 @@ def test_report_contains_every_method_and_valid_pngs(params: dict[str, Any]) -> 
     run_stage(params, "aggregate")
     run_stage(params, "report")
 
-    out = Path("results/report")
+    out = Path("results/cmml/report")
     md = (out / "index.md").read_text()
     page = (out / "index.html").read_text()
     assert md.startswith(f"# {params['report']['title']}\n")
@@ -180,18 +187,50 @@ def test_report_contains_every_method_and_valid_pngs(params: dict[str, Any]) -> 
     assert "http" not in page and "<table>" in page
 
     heatmaps = sorted((out / "heatmaps").iterdir())
-    assert [p.stem for p in heatmaps] == [p.stem for p in sorted(Path("results/matrices").iterdir())]
+    assert [p.stem for p in heatmaps] == [p.stem for p in sorted(Path("results/cmml/matrices").iterdir())]
     for p in heatmaps:
-        assert png_size(p) == (320, 240)
-        assert f"heatmaps/{p.name}" in md and f'href="heatmaps/{p.name}"' in page
-    png_size(out / "ap.png")
-    assert "](ap.png)" in md and 'src="ap.png"' in page
-    assert json.loads((out / "prov.json").read_text())["stage"] == "report"
+        assert png_size(p) == (252, 204)  # sized by T=3
+        assert f"heatmaps/{p.name}" in md
+    # each method's first seed inline, the other seeds linked
+    for name in ("both70__finetune_head__seed0", "both70__joint__seed0"):
+        assert f'src="heatmaps/{name}.png"' in page
+    for name in ("both70__finetune_head__seed1", "both70__joint__seed1"):
+        assert f'href="heatmaps/{name}.png"' in page
+    for name in ("ap.png", "curves/both70__seen.png", "curves/both70__tasks.png"):
+        assert png_size(out / name)[0] <= render.CONTENT_WIDTH_PX
+        assert f"]({name})" in md and f'src="{name}"' in page
+    assert sorted(p.name for p in out.iterdir()) == ["ap.png", "curves", "heatmaps", "index.html", "index.md"]
+    assert json.loads(Path(f"{out}.prov.json").read_text())["stage"] == "cmml.families.cmml.report"
     assert leftovers(Path("results")) == []
 
 
+def test_report_curves_from_matrices(params: dict[str, Any]) -> None:
+    write_scores(params)
+    run_stage(params, "aggregate")
+    mats = {(m, s): report.load_matrix(Path(f"results/cmml/matrices/both70__{m}__seed{s}.csv")) for m, s in ROWS}
+    tasks, joint0 = mats[("joint", 0)]
+    assert tasks == ["task0", "task1", "task2"]
+    assert joint0.shape == (4, 3) and np.isnan(joint0[:3]).all() and list(joint0[3]) == [70.0, 75.0, 80.0]
+    # seen average by hand: seed0 80, (85+70)/2, 60; seed1 70, (65+60)/2, 56.67 -> mean 75, 70, 58.33 (AP)
+    head = report.mean_over_seeds([mats[("finetune_head", s)][1] for s in (0, 1)])
+    assert report.seen_average(head) == pytest.approx([75.0, 70.0, 58.3333], abs=1e-4)
+    joint = report.seen_average(report.mean_over_seeds([mats[("joint", s)][1] for s in (0, 1)]))
+    assert np.isnan(joint[:2]).all() and joint[2] == pytest.approx(70.0)
+
+
+def test_report_rejects_unknown_matrix_row(params: dict[str, Any]) -> None:
+    write_scores(params)
+    run_stage(params, "aggregate")
+    path = Path("results/cmml/matrices/both70__joint__seed1.csv")
+    path.write_text(path.read_text().replace("task2,60", "task9,60"))
+    with pytest.raises(DataError, match="unknown row 'task9'") as err:
+        run_stage(params, "report")
+    assert str(path) in str(err.value)
+    assert not Path("results/cmml/report").exists()
+
+
 def test_report_without_aggregate_names_missing_file(params: dict[str, Any]) -> None:
-    with pytest.raises(DataError, match="results/metrics.json"):
+    with pytest.raises(DataError, match="results/cmml/metrics.json"):
         run_stage(params, "report")
     assert not Path("results").exists()
 
@@ -199,12 +238,12 @@ def test_report_without_aggregate_names_missing_file(params: dict[str, Any]) -> 
 def test_report_rejects_stale_metrics(params: dict[str, Any]) -> None:
     write_scores(params)
     run_stage(params, "aggregate")
-    doc = json.loads(Path("results/metrics.json").read_text())
+    doc = json.loads(Path("results/cmml/metrics.json").read_text())
     del doc["both70/joint"]
-    Path("results/metrics.json").write_text(json.dumps(doc))
+    Path("results/cmml/metrics.json").write_text(json.dumps(doc))
     with pytest.raises(DataError, match="both70/joint"):
         run_stage(params, "report")
-    assert not Path("results/report").exists()
+    assert not Path("results/cmml/report").exists()
 
 
 def test_rounded_never_negative_zero() -> None:

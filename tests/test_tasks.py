@@ -40,13 +40,13 @@ def test_split_is_seeded() -> None:
 
 def test_tasks_stage_records_a_contiguous_remap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     setup_root(tmp_path, monkeypatch)
-    assert main(["prepare"]) == 0 and main(["tasks"]) == 0
-    rec = json.loads(Path("runs/embedded/tasks/tasks.json").read_text())
-    manifest = json.loads(Path("runs/embedded/data/manifest.json").read_text())
+    assert main(["run", "data/prepare"]) == 0 and main(["run", "data/tasks"]) == 0
+    rec = json.loads(Path("runs/data/embedded/tasks/tasks.json").read_text())
+    manifest = json.loads(Path("runs/data/embedded/prepared/manifest.json").read_text())
     assert rec["order_seed"] == 0 and rec["num_tasks"] == 5 and rec["num_classes"] == 12
     assert rec["class_names"] == [manifest["class_names"][c] for c in rec["class_order"]]
-    assert Path("runs/embedded/tasks/prov.json").is_file()
-    ts = load_tasks(Path("runs/embedded/tasks"))
+    assert Path("runs/data/embedded/tasks.prov.json").is_file()
+    ts = load_tasks(Path("runs/data/embedded/tasks"))
     assert ts.offsets == rec["offsets"] == [0, 3, 6, 8, 10, 12]
     remap = ts.remap
     for t in range(ts.num_tasks):
@@ -62,9 +62,9 @@ def test_tasks_stage_records_a_contiguous_remap(tmp_path: Path, monkeypatch: pyt
 def test_tasks_stage_without_data_fails_cleanly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     setup_root(tmp_path, monkeypatch)
-    assert main(["tasks"]) == 2
+    assert main(["run", "data/tasks"]) == 2
     assert "manifest.json" in capsys.readouterr().err
-    assert not Path("runs/embedded/tasks").exists()
+    assert not Path("runs/data/embedded/tasks").exists()
     assert not list(Path(".").rglob("*.tmp"))
 
 

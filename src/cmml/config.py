@@ -1,15 +1,15 @@
 """Loading and validating params.yaml: the one configuration every stage and both workflow tools read.
 
-Validation is structural and cheap (no torch import) so light stages start fast; method
-hyper-parameters are checked against the method's declared schema when the method is built
-(``cmml.methods.registry.resolve_hparams``) and by ``cmml check``.
+A leaf module (imports nothing of cmml but the errors). It validates the sections every family
+shares (benchmark, tasks, backbone, pretrain, missing, data, settings, runtime, report); each
+experiment family validates its own section (``cmml.families``), and method hyper-parameters are
+checked against the method's schema when a method is built and by ``cmml check``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,8 @@ from cmml.errors import ConfigError
 
 DEFAULT_PARAMS = "params.yaml"
 MISSING_TYPES = ("text", "image", "both")
-BENCHMARKS = ("embedded", "mmimdb", "food101", "hatememes")
+FILL_POLICIES = ("map", "zeros")
+PRETRAIN_WEIGHTS = ("itm_weight", "mlm_weight", "cls_weight")  # what a missing input becomes (cmml.data.dataset)
 
 
 def load_params(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
@@ -83,14 +84,9 @@ def _ratio(params: dict[str, Any], key: str, where: str) -> float:
 
 def validate(params: dict[str, Any], where: str = DEFAULT_PARAMS) -> None:
     """Check every key the pipeline reads: presence, type, range, cross references."""
-    from cmml.methods.registry import METHODS
-
-    _choice(params, "benchmark.name", BENCHMARKS, where)
-    _choice(params, "benchmark.variant", ("single", "multi"), where)
+    _typed(params, "benchmark.name", str, where)  # the benchmark registry checks the name and its own keys
     _typed(params, "benchmark.seed", int, where)
     ncls = _positive(params, "benchmark.num_classes", where)
-    if params["benchmark"]["name"] == "embedded" and ncls % 4:
-        raise ConfigError(f"{where}: key 'benchmark.num_classes' must be a multiple of 4 for the embedded benchmark, got {ncls}")
     for split in ("pretrain", "train", "val", "test"):
         _positive(params, f"benchmark.per_class.{split}", where)
     _positive(params, "benchmark.image_size", where)
@@ -109,10 +105,15 @@ def validate(params: dict[str, Any], where: str = DEFAULT_PARAMS) -> None:
 
     for k in ("epochs", "batch_size"):
         _positive(params, f"pretrain.{k}", where)
-    for k in ("lr", "weight_decay", "itm_weight"):
-        _typed(params, f"pretrain.{k}", (int, float), where)
-    _typed(params, "pretrain.seed", int, where)
+    for k in ("lr", "weight_decay", *PRETRAIN_WEIGHTS):
+        if _typed(params, f"pretrain.{k}", (int, float), where) < 0:
+            raise ConfigError(f"{where}: key 'pretrain.{k}' must be >= 0, got {params['pretrain'][k]}")
+    if not any(params["pretrain"][k] > 0 for k in PRETRAIN_WEIGHTS):
+        raise ConfigError(f"{where}: keys {['pretrain.' + k for k in PRETRAIN_WEIGHTS]}: at least one objective needs a positive weight")
+    if _ratio(params, "pretrain.mask_prob", where) == 0 and params["pretrain"]["mlm_weight"] > 0:
+        raise ConfigError(f"{where}: key 'pretrain.mask_prob' must be positive when pretrain.mlm_weight is")
     _typed(params, "missing.map_compat", bool, where)
+    _choice(params, "data.fill", FILL_POLICIES, where)
 
     settings = _typed(params, "settings", dict, where)
     if not settings:
@@ -126,82 +127,40 @@ def validate(params: dict[str, Any], where: str = DEFAULT_PARAMS) -> None:
     _choice(params, "runtime.device", ("auto", "cpu", "cuda"), where)
     _positive(params, "runtime.threads", where, zero_ok=True)
     _positive(params, "runtime.eval_batch_size", where)
+    _positive(params, "runtime.num_workers", where, zero_ok=True)
+    _positive(params, "runtime.cache_mb", where, zero_ok=True)
+    _positive(params, "runtime.nproc_per_stage", where)
 
-    methods = _typed(params, "methods", dict, where)
-    for run in methods:
-        method_block(params, run, where)
-        mname = method_name(params, run, where)
-        if mname not in METHODS:
-            raise ConfigError(f"{where}: key 'methods.{run}.method' names unknown method {mname!r}; known: {sorted(METHODS)}")
-
-    exps = _typed(params, "experiments", dict, where)
-    if not exps:
-        raise ConfigError(f"{where}: key 'experiments' must list at least one experiment")
-    for exp in exps:
-        for k, pool in (("methods", methods), ("settings", settings)):
-            vals = _typed(params, f"experiments.{exp}.{k}", list, where)
-            for v in vals:
-                if v not in pool:
-                    raise ConfigError(f"{where}: key 'experiments.{exp}.{k}' names {v!r}, which is not defined under '{k}'")
-        for s in _typed(params, f"experiments.{exp}.seeds", list, where):
-            if not isinstance(s, int) or isinstance(s, bool) or s < 0:
-                raise ConfigError(f"{where}: key 'experiments.{exp}.seeds' must hold non-negative integers, got {s!r}")
     _typed(params, "report.title", str, where)
     if ntask > ncls:
         raise ConfigError(f"{where}: key 'tasks.num_tasks' ({ntask}) exceeds benchmark.num_classes ({ncls})")
 
 
-def method_chain(params: dict[str, Any], run: str, where: str = DEFAULT_PARAMS) -> list[str]:
-    """Run names from ``run`` up its ``base:`` chain (``[run, base, base-of-base, ...]``)."""
-    chain = [run]
+def block_chain(blocks: dict[str, Any], name: str, prefix: str, where: str = DEFAULT_PARAMS) -> list[str]:
+    """Names from ``name`` up its ``base:`` chain in ``blocks`` (the mapping at key ``prefix``)."""
+    chain = [name]
     while True:
-        block = get(params, f"methods.{chain[-1]}", where)
+        if chain[-1] not in blocks:
+            raise ConfigError(f"{where}: missing key '{prefix}.{chain[-1]}'")
+        block = blocks[chain[-1]]
         if not isinstance(block, dict):
-            raise ConfigError(f"{where}: key 'methods.{chain[-1]}' must be a mapping")
+            raise ConfigError(f"{where}: key '{prefix}.{chain[-1]}' must be a mapping")
         base = block.get("base")
         if base is None:
             return chain
-        if not isinstance(base, str) or base not in params["methods"]:
-            raise ConfigError(f"{where}: key 'methods.{chain[-1]}.base' must name another entry of 'methods', got {base!r}")
+        if not isinstance(base, str) or base not in blocks:
+            raise ConfigError(f"{where}: key '{prefix}.{chain[-1]}.base' must name another entry of '{prefix}', got {base!r}")
         if base in chain:
-            raise ConfigError(f"{where}: key 'methods.{run}.base' forms a cycle: {chain + [base]}")
+            raise ConfigError(f"{where}: key '{prefix}.{name}.base' forms a cycle: {chain + [base]}")
         chain.append(base)
 
 
-def method_block(params: dict[str, Any], run: str, where: str = DEFAULT_PARAMS) -> dict[str, Any]:
-    """The merged hyper-parameters of a method run (base first, then overrides), without ``base``."""
+def merged_block(blocks: dict[str, Any], name: str, prefix: str, where: str = DEFAULT_PARAMS) -> dict[str, Any]:
+    """The merged entries of ``name`` (base first, then overrides), without ``base``."""
     merged: dict[str, Any] = {}
-    for name in reversed(method_chain(params, run, where)):
-        merged.update({k: v for k, v in params["methods"][name].items() if k != "base"})
+    for n in reversed(block_chain(blocks, name, prefix, where)):
+        merged.update({k: v for k, v in blocks[n].items() if k != "base"})
     return merged
-
-
-def method_name(params: dict[str, Any], run: str, where: str = DEFAULT_PARAMS) -> str:
-    """Registry name of the method behind a run."""
-    name = method_block(params, run, where).get("method")
-    if not isinstance(name, str):
-        raise ConfigError(f"{where}: key 'methods.{run}.method' must name a registered method")
-    return name
-
-
-@dataclass(frozen=True)
-class Run:
-    """One continual run: a method run name under a missing setting with a seed."""
-
-    method: str
-    setting: str
-    seed: int
-
-
-def runs(params: dict[str, Any]) -> list[Run]:
-    """Every (method run, setting, seed) of every experiment, deduplicated, in a stable order."""
-    seen: dict[Run, None] = {}
-    for exp in params["experiments"].values():
-        for m in exp["methods"]:
-            for s in exp["settings"]:
-                for seed in exp["seeds"]:
-                    seen[Run(m, s, seed)] = None
-    return list(seen)
 
 
 def subset(params: dict[str, Any], keys: list[str]) -> dict[str, Any]:

@@ -1,11 +1,16 @@
-# Load and validate params.yaml, forbid --config overrides, build the stage plan.
+# Load and validate params.yaml, forbid --config overrides, build the stage plan, refresh the
+# code fingerprints (see src/cmml/pipeline/fingerprints.py).
 import json
+import os
 
 import yaml
 
-from cmml.config import subset, validate
+from cmml.config import subset
 from cmml.errors import CmmlError
-from cmml.pipeline.plan import plan
+from cmml.pipeline.fingerprints import refresh
+from cmml.pipeline.plan import load, plan
+from cmml.pipeline.workspace import OWNER_ENV, claim, release
+from cmml.provenance.dvclock import main as dvc_lock
 
 PARAMS_FILE = "params.yaml"
 
@@ -16,10 +21,24 @@ with open(PARAMS_FILE) as _fh:
             "--config/--configfile (the stage commands and DVC read the file, so overrides would be ignored)"
         )
 try:
-    validate(config, PARAMS_FILE)
+    load(PARAMS_FILE)
     STAGES = plan(config, PARAMS_FILE)
 except CmmlError as _exc:
     raise WorkflowError(str(_exc))
+if refresh(STAGES, config) and os.path.isdir(".dvc"):
+    try:  # code stages re-ran in place: keep dvc.lock in step with their new sidecars
+        dvc_lock(PARAMS_FILE)
+    except CmmlError as _exc:
+        print(f"cmml: dvc.lock not updated ({_exc})")
+
+# one run per workspace (src/cmml/pipeline/workspace.py): claimed here, released when the run ends
+RUN_TOKEN = None
+if not workflow.dryrun:
+    try:
+        RUN_TOKEN = claim("snakemake", os.getpid())
+    except CmmlError as _exc:
+        raise WorkflowError(str(_exc))
+    os.environ[OWNER_ENV] = RUN_TOKEN
 
 
 def stage_params(stage):
@@ -28,8 +47,11 @@ def stage_params(stage):
 
 
 def stage_outputs(stage):
-    return [directory(o) if o in stage.dir_outs else o for o in stage.outs]
+    outs = [directory(o) if o in stage.dir_outs else o for o in stage.outs]
+    return outs if stage.sidecar in stage.outs else [*outs, stage.sidecar]
 
 
 def stage_threads(stage):
-    return (config["runtime"]["threads"] or workflow.cores) if stage.gpu else 1
+    """Model stages: per process (nproc of them) its torch threads plus its DataLoader workers (Snakemake caps it at --cores)."""
+    runtime = config["runtime"]
+    return stage.nproc * ((runtime["threads"] or workflow.cores) + runtime["num_workers"]) if stage.gpu else 1

@@ -1,6 +1,6 @@
 """The embedded benchmark: deterministic image+text samples whose classes need both modalities.
 
-Design (see /work/shared/specs/data.md §4). Classes come in *quads*: class ``c`` belongs to group
+Design (see docs/data.md §4). Classes come in *quads*: class ``c`` belongs to group
 ``g = c // 4`` and carries two bits, ``image_bit = (c % 4) // 2`` and ``text_bit = c % 2``.
 
 - The group is visible in both modalities: the image shape and the text noun (with synonyms).
@@ -16,7 +16,11 @@ random distractor blob; sentence templates, synonyms, filler and distractor phra
 attribute word left out of about 10% of the phrases.
 
 Multi-label variant: 1-3 labels per sample, the primary label drawn first and the others from the
-remaining classes; every label adds one object to the image and one phrase to the text.
+remaining classes of the split; every label adds one object to the image and one phrase to the text.
+
+The continual splits (train/val/test) use classes ``0..num_classes-1``; the ``pretrain`` split uses
+every other class, i.e. the shape groups the continual classes leave unused (data.md §4.1): the
+backbone's pretraining never sees a continual class, its shapes or its words.
 
 Everything is drawn from a numpy Generator seeded by (benchmark seed, split name), and images are
 PNG-encoded by PIL without metadata, so the bytes are identical across runs and machines.
@@ -35,7 +39,8 @@ from PIL import Image
 
 from cmml.errors import ConfigError
 
-GENERATOR_VERSION = "embedded-v1"
+GENERATOR_VERSION = "embedded-v2"  # v2: the pretrain split holds only classes disjoint from the continual ones
+RNG_KEY = "embedded-v1"  # seeds every split; unchanged since v1, so train/val/test are bit-identical to v1's
 SPLITS = ("pretrain", "train", "val", "test")
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 ATTRIBUTE_DROP = 0.1  # probability that a phrase leaves out its (informative) attribute word
@@ -63,7 +68,8 @@ SHAPES: list[tuple[str, Mask, tuple[str, ...]]] = [
     ("tee", lambda u, v: ((abs(v + 0.7) <= 0.3) & (abs(u) <= 1.0)) | ((abs(u) <= 0.3) & (abs(v) <= 1.0)),
      ("hammer", "mallet", "tee")),
 ]
-MAX_CLASSES = 4 * len(SHAPES)
+ALL_CLASSES = 4 * len(SHAPES)
+MAX_CLASSES = ALL_CLASSES - 4  # continual classes; at least one shape group is left to the pretrain split
 
 # group -> (words for text bit 0, words for text bit 1)
 ATTRIBUTES: list[tuple[tuple[str, ...], tuple[str, ...]]] = [
@@ -107,14 +113,21 @@ def check_num_classes(num_classes: int) -> None:
     """ConfigError unless ``num_classes`` is a positive multiple of 4 the generator can draw."""
     if num_classes <= 0 or num_classes % 4 or num_classes > MAX_CLASSES:
         raise ConfigError(f"key 'benchmark.num_classes' must be a multiple of 4 between 4 and {MAX_CLASSES} "
-                          f"for the embedded benchmark ({len(SHAPES)} shape groups), got {num_classes}")
+                          f"for the embedded benchmark ({len(SHAPES)} shape groups, at least one of which is "
+                          f"left to the pretrain split), got {num_classes}")
 
 
-def class_info(num_classes: int) -> list[dict[str, object]]:
-    """Per-class description: name, group (shape + nouns), image bit (colour), text bit (attribute words)."""
+def split_class_ids(split: str, num_classes: int) -> list[int]:
+    """Classes a split draws from: ``0..num_classes-1``, or for ``pretrain`` every other class."""
     check_num_classes(num_classes)
+    return list(range(num_classes, ALL_CLASSES)) if split == "pretrain" else list(range(num_classes))
+
+
+def class_info(num_classes: int, split: str = "train") -> list[dict[str, object]]:
+    """Per-class description of a split's classes: name, group (shape + nouns), image bit (colour),
+    text bit (attribute words)."""
     out = []
-    for c in range(num_classes):
+    for c in split_class_ids(split, num_classes):
         g, ib, tb = c // 4, (c % 4) // 2, c % 2
         shape, _, nouns = SHAPES[g]
         words = ATTRIBUTES[g][tb]
@@ -139,7 +152,7 @@ def vocabulary() -> list[str]:
 
 
 def _rng(seed: int, split: str) -> np.random.Generator:
-    digest = hashlib.sha256(f"{GENERATOR_VERSION}|{seed}|{split}".encode()).digest()
+    digest = hashlib.sha256(f"{RNG_KEY}|{seed}|{split}".encode()).digest()
     return np.random.default_rng(int.from_bytes(digest[:8], "big"))
 
 
@@ -230,19 +243,19 @@ def _png(pixels: np.ndarray) -> bytes:
 
 def generate_split(split: str, *, seed: int, num_classes: int, per_class: int, image_size: int,
                    multilabel: bool = False) -> SplitSamples:
-    """Generate ``per_class`` samples per (primary) class for one split, rows shuffled."""
-    check_num_classes(num_classes)
+    """Generate ``per_class`` samples per (primary) class of the split (:func:`split_class_ids`), rows shuffled."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {list(SPLITS)}")
+    pool = np.asarray(split_class_ids(split, num_classes), dtype=np.int64)
     rng = _rng(seed, split)
-    primary = rng.permutation(np.repeat(np.arange(num_classes, dtype=np.int64), per_class))
+    primary = rng.permutation(np.repeat(pool, per_class))
     yy, xx = np.mgrid[0:image_size, 0:image_size].astype(np.float32) + 0.5
     images, texts, labels = [], [], []
     for p in primary:
         classes = [int(p)]
         if multilabel:
             k = int(rng.choice(len(LABEL_COUNT_PROBS), p=LABEL_COUNT_PROBS)) + 1
-            others = np.delete(np.arange(num_classes), p)
+            others = pool[pool != p]
             classes += [int(x) for x in rng.choice(others, size=k - 1, replace=False)]
         images.append(_png(_render(rng, classes, image_size, yy, xx)))
         texts.append(_sentence(rng, classes))

@@ -1,11 +1,11 @@
 """Stage ``missing``: per (task, split) tables of missing-modality codes (0 complete, 1 text, 2 image).
 
-The draw is MAP's (/work/shared/specs/data.md §1, rebq.md §2.4): ``int(N*ratio)`` distinct rows
+The draw is MAP's (docs/data.md §1, docs/rebq.md §2.4): ``int(N*ratio)`` distinct rows
 are sampled; type text gives them code 1, image code 2, both code 1 and then ``int(k*both_ratio)``
 of those same rows code 2. As in MAP, nothing is drawn when ratio is 0. Train tables use the
 setting's ``train`` block, val and test tables its ``test`` block.
 
-Seeding (rebq.md §6.7 lists why MAP/RebQ's cached tables are not reproducible):
+Seeding (docs/rebq.md §6.7 lists why MAP/RebQ's cached tables are not reproducible):
 - default: each table has its own ``random.Random`` seeded from sha256("seed|benchmark|task|split"),
   so a table depends only on its own inputs;
 - ``missing.map_compat: true``: Python's global ``random`` is seeded once with the run seed and the
@@ -32,7 +32,7 @@ from cmml.pipeline.atomic import write_json
 from cmml.provenance.sidecar import stage_run
 
 if TYPE_CHECKING:
-    from cmml.pipeline.plan import Stage
+    from cmml.pipeline.stage import Stage
 
 SPLITS = ("train", "val", "test")
 INDEX = "index.json"

@@ -2,7 +2,7 @@
 
 The classes are permuted with a recorded seed and cut into contiguous, balanced tasks; every
 class gets a NEW id so that task t owns the contiguous ids [offsets[t], offsets[t+1]), the layout
-RebQ's trainer assumes (/work/shared/specs/rebq.md §2.1-2.2, /work/shared/specs/data.md §3). A
+RebQ's trainer assumes (docs/rebq.md §2.1-2.2, docs/data.md §3). A
 sample belongs to the task of its remapped primary label.
 
 The manifest and split readers live here (not in prepare.py) because every stage that reads the
@@ -26,7 +26,7 @@ from cmml.provenance.sidecar import stage_run
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from cmml.pipeline.plan import Stage
+    from cmml.pipeline.stage import Stage
 
 MANIFEST = "manifest.json"
 TASKS_FILE = "tasks.json"

@@ -50,10 +50,15 @@ class TextTokenizer:
 
 
 def load_tokenizer(vocab_file: Path, max_len: int) -> TextTokenizer:
-    """A :class:`TextTokenizer` over ``vocab_file``; DataError if the file is absent or lacks special tokens."""
+    """A :class:`TextTokenizer` over ``vocab_file`` (or a model directory's ``vocab.txt``).
+
+    DataError if the file is absent or lacks the special tokens.
+    """
     from tokenizers import BertWordPieceTokenizer
 
     vocab_file = Path(vocab_file)
+    if vocab_file.is_dir():
+        vocab_file = vocab_file / "vocab.txt"
     if not vocab_file.is_file():
         raise DataError(f"{vocab_file}: vocabulary file not found (run the prepare stage)")
     if max_len < 2:

@@ -2,7 +2,7 @@
 
 Scores are percentages. The matrix ``R`` is T×T with ``R[i][j]`` the score on task j's test split
 after training task i (NaN where not evaluated); ``b[j]`` is the untrained model's score on task j.
-Metric definitions follow rebq.md §4 (AP, diagonal forgetting, Last) and data.md §3 (the
+Metric definitions follow docs/rebq.md §4 (AP, diagonal forgetting, Last) and docs/data.md §3 (the
 max-over-history forgetting of CL toolkits; BWT and FWT as in GEM). A metric whose entries are
 missing (NaN) is NaN: a partial average would not be comparable across runs.
 
@@ -61,7 +61,7 @@ def _f1(logits: Any, labels: Any, average: str) -> float:
 def f1_macro(logits: Any, labels: Any) -> float:
     """Multilabel F1 macro in % over the given columns (sigmoid, threshold 0.5), torchmetrics semantics.
 
-    As in torchmetrics 1.x (and RebQ, rebq.md §4 and §6.9), a label with no positive and no
+    As in torchmetrics 1.x (and RebQ, docs/rebq.md §4 and §6.9), a label with no positive and no
     prediction is not dropped from the average: it counts as F1 = 0.
     """
     return _f1(logits, labels, "macro")
@@ -70,6 +70,23 @@ def f1_macro(logits: Any, labels: Any) -> float:
 def f1_micro(logits: Any, labels: Any) -> float:
     """Multilabel F1 micro in % over the given columns (sigmoid, threshold 0.5)."""
     return _f1(logits, labels, "micro")
+
+
+def auroc(logits: Any, labels: Any) -> float:
+    """Binary AUROC in % (torchmetrics) from [N, 2] logits (softmax of column 1) or [N, 1] / [N]
+    logits (sigmoid); NaN when only one class is present."""
+    import torch
+    from torchmetrics.functional.classification import binary_auroc
+
+    x = torch.as_tensor(logits).detach().float().cpu()
+    x = _logits(x[:, None] if x.ndim == 1 else x)
+    y = torch.as_tensor(labels).detach().long().cpu().reshape(-1)
+    p = x.softmax(dim=1)[:, 1] if x.ndim == 2 and x.shape[1] == 2 else torch.sigmoid(x.reshape(-1))
+    if p.shape != y.shape:
+        raise ValueError(f"labels must have shape ({p.shape[0]},), got {tuple(y.shape)}")
+    if len(torch.unique(y)) < 2:
+        return float("nan")
+    return float(binary_auroc(p, y)) * 100.0
 
 
 def score(logits: Any, labels: Any, multilabel: bool) -> dict[str, float]:

@@ -1,12 +1,12 @@
-"""RebQ, Reconstruct before Query (rebq.md §3): decomposed prompt pools on a frozen ViLT.
+"""RebQ, Reconstruct before Query (docs/rebq.md §3): decomposed prompt pools on a frozen ViLT.
 
 Three CODA-style pools (:mod:`cmml.methods.prompt_pool`): ``memory`` (deep input prompts that
 reconstruct the missing modality's query), ``text`` and ``image`` (prefix key/values in the final
-pass). One training step (rebq.md §3.3):
+pass). One training step (docs/rebq.md §3.3):
 
 1. frozen query pass H0 (no grad) on the batch plus, for each complete sample, a type-3 copy
    (empty text, real image) and a type-4 copy (real text, all-ones image), built here from the
-   batch tensors (rebq.md §3.2);
+   batch tensors (docs/rebq.md §3.2);
 2. memory prompts: type 0 Mem(q_txt)+Mem(q_img), types 1/3 Mem(q_img), types 2/4 Mem(q_txt);
 3. reconstruction pass H1 with those deep prompts in ``memory_layers``;
 4. L_rec = MSE(copy's text CLS (type 3) / image CLS (type 4), the source sample's feature);
@@ -19,7 +19,7 @@ H1 is computed only for the rows that need it: missing samples and copies with g
 samples (the detached h1 target) in a separate no-grad pass; the final pass for the original
 samples only.
 
-Decisions on rebq.md §6:
+Decisions on docs/rebq.md §6:
 
 * §6.1 fixed by default: ``begin_task(t)`` Gram–Schmidt-initialises task t's rows orthogonal to
   all earlier rows and makes them the only trainable pool rows. ``as_released: true`` keeps the
@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cmml.errors import ConfigError
-from cmml.methods.base import Method, TaskInfo
+from cmml.methods.base import Method, TaskContext, TaskInfo
 from cmml.methods.prompt_pool import PromptPool
 from cmml.models.backbone import Backbone, Encoded, Injection
 
@@ -115,17 +115,36 @@ class RebQ(Method):
         self.pools = nn.ModuleDict({name: PromptPool(hp[POOL_LAYERS[name]], hp["pool_size"], hp["prompt_length"], dim,
                                                      info.num_tasks) for name in names})
 
-    def begin_task(self, task: int) -> None:
-        """New rows for ``task`` (Gram–Schmidt; zero if ``as_released`` and task >= 1), the only trainable ones."""
-        super().begin_task(task)
+    def begin_task(self, ctx: TaskContext) -> None:
+        """New rows for the task (Gram–Schmidt; zero if ``as_released`` and task >= 1), the only trainable ones."""
+        super().begin_task(ctx)
         for pool in self.pools.values():
-            pool.begin_task(task, init=not self.hp["as_released"] or task == 0)
+            pool.begin_task(ctx.task, init=not self.hp["as_released"] or ctx.task == 0)
+
+    def after_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """``as_released``: earlier tasks' pool rows decay as AdamW decays them in the released code.
+
+        There, one parameter tensor holds every row; old rows are detached in the forward pass,
+        so they get zero gradients but stay in AdamW, whose decoupled weight decay still shrinks
+        them by ``lr * weight_decay`` per step (zero moments, so no Adam update). cmml keeps old
+        rows out of the optimizer, so this hook applies exactly that decay (docs/rebq.md §6.17).
+        The fixed default leaves frozen rows untouched.
+        """
+        if not self.hp["as_released"] or self.task == 0:
+            return
+        group = optimizer.param_groups[0]
+        factor = 1.0 - group["lr"] * group["weight_decay"]
+        with torch.no_grad():
+            for pool in self.pools.values():
+                for blocks in (pool.p, pool.k, pool.a):
+                    for t in range(self.task):
+                        blocks[t].mul_(factor)
 
     # ---- forward ---------------------------------------------------------------------
     def queries(self, batch: Any, train: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
         """Steps 1-5: (q_txt, q_img) [B, D] of the original samples and L_rec (None when absent).
 
-        ``train`` adds the reconstruction copies (rebq.md §3.2); evaluation never does (§6.5).
+        ``train`` adds the reconstruction copies (docs/rebq.md §3.2); evaluation never does (§6.5).
         """
         codes = batch.codes
         b = codes.shape[0]
@@ -138,7 +157,7 @@ class RebQ(Method):
             if c:
                 ids = torch.cat([ids, batch.empty_ids.expand(c, -1), ids[src]])
                 mask = torch.cat([mask, batch.empty_mask.expand(c, -1), mask[src]])
-                pix = torch.cat([pix, pix[src], torch.ones_like(pix[src])])
+                pix = torch.cat([pix, pix[src], batch.empty_pixels.expand_as(pix[src])])
                 types = torch.cat([codes, codes.new_full((c,), 3), codes.new_full((c,), 4)])
         with torch.no_grad():
             h0 = self.backbone(ids, mask, pix)

@@ -1,221 +1,184 @@
-"""The stage plan: the one description of the DAG that Snakemake, DVC and the stage CLIs share.
+"""The stage plan: the one description of the DAG that Snakemake, DVC and the stage CLI share.
 
-``plan(params)`` returns concrete :class:`Stage` objects (command, deps including the source
-files a stage runs, outs, the params keys it reads). The Snakefile turns each into a rule,
-``cmml dvc-yaml`` turns the list into dvc.yaml, and each stage CLI looks its own Stage up here
-to know what to read, write and record, so the three cannot drift apart.
+``plan(params)`` returns concrete :class:`~cmml.pipeline.stage.Stage` objects in a topological
+order: the ``code`` stage (fingerprints of every stage's code), the shared data stages of the
+benchmark (prepare, tasks, missing tables per (setting, seed), one backbone per seed), every
+active family's stages, and the results index. The Snakefile turns each stage into a rule,
+``cmml dvc-yaml`` renders dvc.yaml from the list, and ``cmml run <name>`` finds a stage here, so
+the three cannot drift apart.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cmml.config import Run, benchmark_id, method_chain, method_name, runs
+from cmml.config import benchmark_id, load_params, validate
+from cmml.data.benchmarks.registry import load as load_benchmark
+from cmml.data.benchmarks.registry import module_of
 from cmml.errors import ConfigError
+from cmml.families.registry import active, family
+from cmml.pipeline.sources import PKG_DIR, SRC, closure, rel_path
+from cmml.pipeline.stage import CODE_STAGE, PARAMS_DIR, PARAMS_STAGE, Stage, dir_sidecar
 
-SRC = Path("src/cmml")
-COMMON_SOURCES = ["__init__.py", "__main__.py", "cli.py", "config.py", "errors.py", "pipeline/atomic.py", "pipeline/plan.py", "pipeline/worker.py",
-                  "provenance/hashing.py", "provenance/sidecar.py"]
-# Source files each stage kind runs (relative to src/cmml); method files are added per run.
-# methods/registry.py is deliberately absent: it is a lookup table, and adding a method's line
-# must not retrain every other method (the run's own method file is a dep).
-KIND_SOURCES: dict[str, list[str]] = {
-    "prepare": ["data/embedded.py", "data/prepare.py", "data/tokenizer.py"],
-    "tasks": ["data/tasks.py"],
-    "missing": ["data/missing.py", "data/tasks.py"],
-    "pretrain": ["data/dataset.py", "data/tokenizer.py", "data/tasks.py", "models/backbone.py", "models/pretrain.py", "train/device.py",
-                 "train/loop.py", "eval/metrics.py"],
-    "train": ["data/dataset.py", "data/tokenizer.py", "data/tasks.py", "models/backbone.py", "methods/base.py",
-              "train/device.py", "train/checkpoint.py", "train/loop.py", "train/stage.py"],
-    "evaluate": ["data/dataset.py", "data/tokenizer.py", "data/tasks.py", "models/backbone.py", "methods/base.py",
-                 "train/device.py", "train/checkpoint.py", "eval/metrics.py", "eval/stage.py"],
-    "aggregate": ["eval/metrics.py", "report/aggregate.py"],
-    "report": ["eval/metrics.py", "report/aggregate.py", "report/report.py"],
-}
-INIT_TASK = -1  # evaluation row of the untrained model (for FWT)
+INDEX_MD = "results/index.md"
+INDEX_HTML = "results/index.html"
+INDEX_SIDECAR = "results/index.prov.json"
 
 
-@dataclass(frozen=True)
-class Stage:
-    """One concrete job of the DAG."""
-
-    name: str
-    kind: str
-    args: dict[str, Any]
-    deps: list[str]
-    outs: list[str]
-    params: list[str]
-    sidecar: str
-    dir_outs: list[str] = field(default_factory=list)
-    uncached: list[str] = field(default_factory=list)
-    metrics: list[str] = field(default_factory=list)
-    gpu: bool = False
-    params_file: str = "params.yaml"
-
-    @property
-    def cmd(self) -> list[str]:
-        """argv of the stage command (identical for Snakemake and DVC)."""
-        argv = ["python", "-m", "cmml", self.kind]
-        if self.params_file != "params.yaml":
-            argv += ["--params", self.params_file]
-        for k, v in self.args.items():
-            argv += [f"--{k}", str(v)]
-        return argv
-
-    @property
-    def shell(self) -> str:
-        """The command as one shell line."""
-        return " ".join(self.cmd)
-
-    @property
-    def rule_name(self) -> str:
-        """A Snakemake-legal rule name derived from the stage name."""
-        return re.sub(r"[^0-9A-Za-z_]", "_", self.name)
-
-    def source_files(self) -> list[str]:
-        """The source files among the deps."""
-        return [d for d in self.deps if d.startswith(str(SRC))]
+def backbone_slug(ref: str) -> str:
+    """Directory name of an imported pretrained backbone (hub id or local path)."""
+    return re.sub(r"[^0-9A-Za-z._-]+", "--", ref.strip("/")).strip("-.") or "backbone"
 
 
-def _sources(kind: str, extra: list[str] | None = None) -> list[str]:
-    files = COMMON_SOURCES + KIND_SOURCES[kind] + (extra or [])
-    return sorted({str(SRC / f) for f in files})
-
-
-def method_sources(params: dict[str, Any], run: str) -> list[str]:
-    """Source files of a method run: the method's module and any module it declares it uses."""
-    from cmml.methods.registry import method_files
-
-    return method_files(method_name(params, run))
-
-
-class Paths:
-    """Artefact locations; identity is encoded in the path (benchmark/setting/method/seed/task)."""
+class DataPaths:
+    """Locations of the shared, per-benchmark artefacts (``runs/data/<benchmark>/...``)."""
 
     def __init__(self, params: dict[str, Any]):
         self.bench = benchmark_id(params)
-        self.root = f"runs/{self.bench}"
+        self.root = f"runs/data/{self.bench}"
+        self.source = params["backbone"]["source"]
+        self.pretrained = params["backbone"]["pretrained"]
 
     @property
-    def data(self) -> str:
-        return f"{self.root}/data"
+    def prepared(self) -> str:
+        return f"{self.root}/prepared"
 
     @property
     def tasks(self) -> str:
         return f"{self.root}/tasks"
 
-    @property
-    def backbone(self) -> str:
-        return f"{self.root}/backbone"
-
     def missing(self, setting: str, seed: int) -> str:
         return f"{self.root}/missing/{setting}/seed{seed}"
 
-    def run(self, r: Run) -> str:
-        return f"{self.root}/{r.setting}/{r.method}/seed{r.seed}"
-
-    def ckpt(self, r: Run, task: int) -> str:
-        return f"{self.run(r)}/task{task}/ckpt"
-
-    def eval(self, r: Run, task: int) -> str:
-        label = "init" if task == INIT_TASK else f"task{task}"
-        return f"{self.run(r)}/{label}/eval"
+    def backbone(self, seed: int) -> str:
+        """The frozen backbone a run of ``seed`` uses: pretrained per seed (tiny) or one imported model."""
+        if self.source == "tiny":
+            return f"{self.root}/backbone/seed{seed}"
+        return f"runs/data/backbones/{backbone_slug(self.pretrained)}"
 
 
-RESULTS = "results"
-AGG_OUTS = [f"{RESULTS}/metrics.json", f"{RESULTS}/summary.csv", f"{RESULTS}/matrices"]
-AGG_SIDECAR = f"{RESULTS}/aggregate.prov.json"
-REPORT_DIR = f"{RESULTS}/report"
+def data_stages(params: dict[str, Any], needs: list[tuple[str, int]], pf: str) -> list[Stage]:
+    """prepare, tasks, the missing tables and backbones the families need."""
+    D = DataPaths(params)
+    bench_module = module_of(params["benchmark"]["name"])
+    out: list[Stage] = [
+        Stage(name="data/prepare", handler="cmml.data.prepare", entries=(bench_module,),
+              args={"benchmark_module": bench_module, "out": D.prepared}, deps=[], outs=[D.prepared],
+              dir_outs=[D.prepared], params=["benchmark"], sidecar=dir_sidecar(D.prepared), params_file=pf),
+        Stage(name="data/tasks", handler="cmml.data.tasks", args={"data": D.prepared, "out": D.tasks}, deps=[D.prepared],
+              outs=[D.tasks], dir_outs=[D.tasks], params=["tasks.num_tasks", "tasks.order_seed"],
+              sidecar=dir_sidecar(D.tasks), params_file=pf),
+    ]
+    for setting, seed in dict.fromkeys(needs):
+        o = D.missing(setting, seed)
+        out.append(Stage(
+            name=f"data/missing/{setting}/seed{seed}", handler="cmml.data.missing",
+            args={"setting": setting, "seed": seed, "data": D.prepared, "tasks": D.tasks, "out": o},
+            deps=[D.prepared, D.tasks], outs=[o], dir_outs=[o], params=[f"settings.{setting}", "missing.map_compat"],
+            sidecar=dir_sidecar(o), params_file=pf))
+    runtime = ["runtime.device", "runtime.threads"]
+    if D.source == "tiny":
+        for seed in sorted({seed for _, seed in needs}):
+            o = D.backbone(seed)
+            out.append(Stage(
+                name=f"data/pretrain/seed{seed}", handler="cmml.models.pretrain",
+                args={"seed": seed, "data": D.prepared, "tasks": D.tasks, "out": o}, deps=[D.prepared, D.tasks],
+                outs=[o], dir_outs=[o], params=["backbone.tiny", "pretrain", "data", *runtime], sidecar=dir_sidecar(o),
+                gpu=True, params_file=pf))
+    else:
+        o = D.backbone(0)
+        ref = D.pretrained
+        local = Path(ref).expanduser()
+        if local.exists() and local.resolve().is_relative_to(Path.cwd().resolve()):
+            local = local.resolve().relative_to(Path.cwd().resolve())  # provenance stays repository-relative
+        out.append(Stage(
+            name="data/backbone", handler="cmml.models.import_backbone",
+            args={"ref": ref, "max_text_len": params["benchmark"]["max_text_len"], "out": o},
+            deps=[local.as_posix()] if local.exists() else [], outs=[o], dir_outs=[o],
+            params=["backbone.pretrained", "benchmark.max_text_len"], sidecar=dir_sidecar(o), params_file=pf))
+    return out
 
 
-def is_joint(params: dict[str, Any], run: str) -> bool:
-    """Joint training learns all tasks in one stage (upper bound) instead of a task chain."""
-    from cmml.methods.registry import is_joint_method
-
-    return is_joint_method(method_name(params, run))
-
-
-def train_tasks(params: dict[str, Any], r: Run) -> list[int]:
-    """Task indices that get a train stage: 0..T-1, or only T-1 (all tasks at once) for joint."""
-    t = params["tasks"]["num_tasks"]
-    return [t - 1] if is_joint(params, r.method) else list(range(t))
+def load(params_file: str | Path = "params.yaml") -> dict[str, Any]:
+    """Read params and validate the shared sections and every active family's section."""
+    params = load_params(params_file)
+    validate_families(params, str(params_file))
+    return params
 
 
-def eval_tasks(params: dict[str, Any], r: Run) -> list[int]:
-    """Rows of the accuracy matrix evaluated for a run (plus the untrained row for FWT)."""
-    return train_tasks(params, r) if is_joint(params, r.method) else [INIT_TASK, *train_tasks(params, r)]
+def validate_families(params: dict[str, Any], where: str) -> None:
+    """The benchmark checks its keys, each active family its section; at least one family must be active."""
+    try:
+        load_benchmark(module_of(params["benchmark"]["name"])).validate(params["benchmark"], where)
+    except ConfigError as exc:
+        raise ConfigError(str(exc) if str(exc).startswith(where) else f"{where}: {exc}") from None
+    names = active(params)
+    if not names:
+        from cmml.families.registry import FAMILIES
+
+        raise ConfigError(f"{where}: no experiment family configured; add a section for one of {sorted(FAMILIES)}")
+    for name in names:
+        family(name).validate(params, where)
+
+
+def check_package_location(root: Path = Path(".")) -> None:
+    """ConfigError unless the imported cmml package is the project's ``src/cmml`` (when it has one).
+
+    Stages depend on ``src/cmml/...`` paths and their fingerprints are computed from the imported
+    package, so both must be the same files.
+    """
+    local = (root / SRC / "cmml").resolve()
+    if local.is_dir() and local != PKG_DIR.resolve():
+        raise ConfigError(f"the cmml package is imported from {PKG_DIR}, not from this project's {local}: "
+                          f"install the project (`pip install -e .`) or set PYTHONPATH={local.parent}")
 
 
 def plan(params: dict[str, Any], params_file: str = "params.yaml") -> list[Stage]:
     """Every stage of the DAG for ``params`` in a topological order."""
-    P = Paths(params)
-    pf = params_file
-    stages: list[Stage] = []
-    tiny = params["backbone"]["source"] == "tiny"
+    check_package_location()
+    validate(params, params_file)
+    validate_families(params, params_file)
+    D = DataPaths(params)
+    fams = [family(n) for n in active(params)]
+    needs = [pair for fam in fams for pair in fam.needs(params)]
+    stages = data_stages(params, needs, params_file)
+    for fam in fams:
+        stages += fam.plan(params, D, params_file)
+    pages = {n: family(n).report_page(params) for n in active(params)}
+    report_outs = [o for s in stages if s.name.endswith("/report") for o in s.outs]
     stages.append(Stage(
-        name="prepare", kind="prepare", args={}, deps=_sources("prepare"), outs=[P.data], dir_outs=[P.data],
-        params=["benchmark"], sidecar=f"{P.data}/prov.json", params_file=pf))
-    stages.append(Stage(
-        name="tasks", kind="tasks", args={}, deps=[P.data, *_sources("tasks")], outs=[P.tasks], dir_outs=[P.tasks],
-        params=["tasks.num_tasks", "tasks.order_seed"], sidecar=f"{P.tasks}/prov.json", params_file=pf))
-    if tiny:
-        stages.append(Stage(
-            name="pretrain", kind="pretrain", args={}, deps=[P.data, P.tasks, *_sources("pretrain")],
-            outs=[P.backbone], dir_outs=[P.backbone], params=["backbone", "pretrain", "runtime.device", "runtime.threads"],
-            sidecar=f"{P.backbone}/prov.json", gpu=True, params_file=pf))
-    all_runs = runs(params)
-    for setting, seed in dict.fromkeys((r.setting, r.seed) for r in all_runs):
-        out = P.missing(setting, seed)
-        stages.append(Stage(
-            name=f"missing/{setting}/seed{seed}", kind="missing", args={"setting": setting, "seed": seed},
-            deps=[P.data, P.tasks, *_sources("missing")], outs=[out], dir_outs=[out],
-            params=[f"settings.{setting}", "missing.map_compat"], sidecar=f"{out}/prov.json", params_file=pf))
-    eval_rows: list[str] = []
-    for r in all_runs:
-        mkeys = [f"methods.{m}" for m in method_chain(params, r.method)]
-        msrc = method_sources(params, r.method)
-        common_deps = [P.data, P.tasks, *([P.backbone] if tiny else []), P.missing(r.setting, r.seed)]
-        prev: str | None = None
-        for t in train_tasks(params, r):
-            out = P.ckpt(r, t)
-            deps = common_deps + ([prev] if prev else []) + _sources("train", msrc)
-            stages.append(Stage(
-                name=f"train/{r.setting}/{r.method}/seed{r.seed}/task{t}", kind="train",
-                args={"method": r.method, "setting": r.setting, "seed": r.seed, "task": t},
-                deps=deps, outs=[out], dir_outs=[out], params=[*mkeys, "tasks.scenario", "runtime.device", "runtime.threads"],
-                sidecar=f"{out}/prov.json", gpu=True, params_file=pf))
-            prev = out
-        for t in eval_tasks(params, r):
-            out = P.eval(r, t)
-            deps = common_deps + ([] if t == INIT_TASK else [P.ckpt(r, t)]) + _sources("evaluate", msrc)
-            stages.append(Stage(
-                name=f"evaluate/{r.setting}/{r.method}/seed{r.seed}/{'init' if t == INIT_TASK else f'task{t}'}",
-                kind="evaluate", args={"method": r.method, "setting": r.setting, "seed": r.seed, "task": t},
-                deps=deps, outs=[out], dir_outs=[out],
-                params=[*mkeys, "tasks.scenario", "runtime.device", "runtime.threads", "runtime.eval_batch_size"],
-                sidecar=f"{out}/prov.json", gpu=True, params_file=pf))
-            eval_rows.append(out)
-    stages.append(Stage(
-        name="aggregate", kind="aggregate", args={}, deps=[P.tasks, *eval_rows, *_sources("aggregate")],
-        outs=[*AGG_OUTS, AGG_SIDECAR], dir_outs=[f"{RESULTS}/matrices"], uncached=[*AGG_OUTS, AGG_SIDECAR],
-        metrics=[f"{RESULTS}/metrics.json"],
-        params=["experiments", "tasks.num_tasks", *sorted({f"methods.{m}" for r in all_runs for m in method_chain(params, r.method)}),
-                "benchmark.name", "benchmark.variant"], sidecar=AGG_SIDECAR, params_file=pf))
-    stages.append(Stage(
-        name="report", kind="report", args={}, deps=[*AGG_OUTS, AGG_SIDECAR, *_sources("report")], outs=[REPORT_DIR],
-        dir_outs=[REPORT_DIR], uncached=[REPORT_DIR], params=["report", "settings", "experiments"],
-        sidecar=f"{REPORT_DIR}/prov.json", params_file=pf))
-    return stages
+        name="index", handler="cmml.report.index", args={"pages": pages, "md": INDEX_MD, "html": INDEX_HTML},
+        deps=report_outs, outs=[INDEX_MD, INDEX_HTML],
+        params=["report"], sidecar=INDEX_SIDECAR, params_file=params_file))
+    names = [s.name for s in stages]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ConfigError(f"{params_file}: two stages share the name(s) {dup}")
+    stages.insert(0, params_stage(stages, params_file))
+    files = {s.code_file: s.code_entries for s in stages if s.code_file}
+    code = [Stage(name=f"{CODE_STAGE}/{Path(f).stem}", handler="cmml.pipeline.fingerprints",
+                  args={"entries": list(entries), "out": f}, deps=[rel_path(m) for m in closure(entries)], outs=[f],
+                  params=[], sidecar=f"{f.removesuffix('.json')}.prov.json", params_file=params_file)
+            for f, entries in sorted(files.items())]
+    return [*code, *stages]
+
+
+def params_stage(stages: list[Stage], params_file: str = "params.yaml") -> Stage:
+    """The stage writing each of ``stages``' params file for DVC (see :mod:`cmml.pipeline.params_split`)."""
+    split = {s.params_split: sorted(s.params) for s in stages if s.params_split}
+    return Stage(name=PARAMS_STAGE, handler="cmml.pipeline.params_split", args={"files": split, "out": PARAMS_DIR},
+                 deps=[], outs=[PARAMS_DIR], dir_outs=[PARAMS_DIR],
+                 params=sorted({k for keys in split.values() for k in keys}), sidecar=dir_sidecar(PARAMS_DIR),
+                 params_file=params_file)
 
 
 def find(stages: list[Stage], name: str) -> Stage:
-    """The stage called ``name``; ConfigError listing near names when absent."""
+    """The stage called ``name``; ConfigError listing the stage groups when absent."""
     for s in stages:
         if s.name == name:
             return s
-    kinds = sorted({s.name.split("/")[0] for s in stages})
-    raise ConfigError(f"no stage named {name!r} in the plan for this params file (stage kinds: {kinds}); "
-                      "is the method/setting/seed listed under 'experiments'?")
+    groups = sorted({"/".join(s.name.split("/")[:2]) for s in stages})
+    raise ConfigError(f"no stage named {name!r} in the plan for this params file (stage groups: {groups}); "
+                      "is the method/setting/seed listed under the family's 'experiments'?")

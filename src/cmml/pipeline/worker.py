@@ -13,6 +13,9 @@ Safety: the worker refuses (and exits) when any source file of the imported cmml
 changed since it started, or when the client runs another interpreter or another copy of cmml;
 the client then runs the stage itself. It exits after ``idle`` seconds without requests.
 ``CMML_WORKER=0`` disables it. Results are identical either way (stages seed everything they use).
+
+This module imports nothing of cmml: the CLI hands :func:`serve` the entry point to run in the
+children and the modules to preload, and :func:`delegate` the decision whether a command is heavy.
 """
 
 from __future__ import annotations
@@ -26,17 +29,12 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-HEAVY_KINDS = ("pretrain", "train", "evaluate")
 IDLE_S = 120.0
-_in_worker = False  # set in the worker's children so they never delegate again
-
-
-def in_worker() -> bool:
-    """Whether this process is a stage run forked by the worker (recorded in sidecars)."""
-    return _in_worker
+IN_WORKER = "CMML_IN_WORKER"  # set to "1" in the worker's children (recorded in sidecars)
 
 
 def _package_dir() -> Path:
@@ -59,9 +57,15 @@ def _sources_state() -> dict[str, int]:
 
 
 # ---- client ----------------------------------------------------------------------------
+def enabled() -> bool:
+    """Whether this process may use a worker (not inside one, not a rank torchrun started, not ``CMML_WORKER=0``)."""
+    return (os.environ.get(IN_WORKER) != "1" and os.environ.get("CMML_WORKER", "1") != "0"
+            and "LOCAL_RANK" not in os.environ)
+
+
 def delegate(argv: list[str]) -> int | None:
-    """Run ``argv`` in the warm worker; None when there is none yet (one is started) or it refused."""
-    if _in_worker or os.environ.get("CMML_WORKER", "1") == "0" or not argv or argv[0] not in HEAVY_KINDS:
+    """Run ``argv`` in this project's warm worker; None when disabled, none is listening, or it refused."""
+    if not enabled():
         return None
     path = socket_path()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -69,7 +73,6 @@ def delegate(argv: list[str]) -> int | None:
         sock.connect(str(path))
     except OSError:
         sock.close()
-        _spawn(path)
         return None
     with sock:
         request = {"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), **_identity()}
@@ -89,8 +92,14 @@ def delegate(argv: list[str]) -> int | None:
         return int(json.loads(line)["exit"])
 
 
+def spawn() -> None:
+    """Start a detached worker for this project if enabled (at most one: it holds a lock)."""
+    if enabled():
+        _spawn(socket_path())
+
+
 def _spawn(path: Path) -> None:
-    """Start a detached worker for this project (at most one: it holds a lock)."""
+    """Start a detached worker serving ``path``."""
     with contextlib.suppress(OSError):
         subprocess.Popen([sys.executable, "-m", "cmml", "worker", "--socket", str(path)],
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -98,27 +107,18 @@ def _spawn(path: Path) -> None:
 
 
 # ---- server ----------------------------------------------------------------------------
-def _preload() -> None:
-    """Import everything a model stage imports (never touch CUDA or run a torch op here)."""
-    import cmml.eval.stage  # noqa: F401
-    import cmml.models.pretrain  # noqa: F401
-    import cmml.train.stage  # noqa: F401
-    from cmml.methods.registry import METHODS, get_method
+def serve(path: Path, entry: Callable[[list[str]], int], preload: Callable[[], None], idle: float = IDLE_S) -> int:
+    """Accept stage requests until idle for ``idle`` seconds or the sources change.
 
-    for name in METHODS:
-        get_method(name)
-    import torchmetrics.functional.classification  # noqa: F401
-    from transformers import ViltConfig, ViltModel, get_cosine_schedule_with_warmup  # noqa: F401 - lazy attributes
-
-
-def serve(path: Path, idle: float = IDLE_S) -> int:
-    """Accept stage requests until idle for ``idle`` seconds or the sources change."""
+    ``preload`` imports what model stages import (it must not touch CUDA or run a torch op);
+    each child runs ``entry(argv)``.
+    """
     lock = open(f"{path}.lock", "w")  # noqa: SIM115 - held for the worker's lifetime
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         return 0  # another worker serves this project
-    _preload()
+    preload()
     state, ident = _sources_state(), _identity()
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
@@ -145,19 +145,19 @@ def serve(path: Path, idle: float = IDLE_S) -> int:
                 continue
             if os.fork() == 0:
                 srv.close()
-                _child(conn, fds, request)
+                _child(conn, fds, request, entry)
             conn.close()
             for fd in fds:
                 os.close(fd)
     finally:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            Path(f"{path}.lock").unlink()  # still held: a new worker creates a fresh lock file
 
 
-def _child(conn: socket.socket, fds: list[int], request: dict[str, Any]) -> None:
+def _child(conn: socket.socket, fds: list[int], request: dict[str, Any], entry: Callable[[list[str]], int]) -> None:
     """Become the stage process: client's stdio, cwd, env and argv; report the exit code."""
-    global _in_worker
-    _in_worker = True
     code = 1
     try:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -167,11 +167,10 @@ def _child(conn: socket.socket, fds: list[int], request: dict[str, Any]) -> None
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
+        os.environ[IN_WORKER] = "1"
         sys.argv = [sys.argv[0], *request["argv"]]
         conn.sendall(json.dumps({"pid": os.getpid()}).encode() + b"\n")
-        from cmml.cli import main
-
-        code = main(request["argv"])
+        code = entry(request["argv"])
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     except BaseException:  # noqa: BLE001 - report any crash as a failed stage

@@ -6,18 +6,18 @@ checks its recorded inputs against the workspace, its params against the params 
 source files against the current code and its git commit against the repository, then recurses
 into the sidecars of its inputs. Each sidecar is verified once and each file hashed once.
 
-When ``dvc.lock`` exists in the project root, each sidecar is also compared with the dvc.lock
-stage that owns its outputs (the stage whose ``outs`` contain the sidecar or its outputs):
+When DVC lock files exist (``dvc.lock`` in the project root and beside each generated
+``pipelines/**/dvc.yaml``), each sidecar is also compared with the dvc.lock stage that owns its outputs (the stage whose ``outs`` contain the sidecar or its outputs):
 file entries against the md5 in the sidecar, directory entries (``<md5>.dir``) against DVC 3's
 directory hash rebuilt from the sidecar. That hash is the md5 of the directory manifest
 ``json.dumps(sorted([{"md5": ..., "relpath": ...}], key=relpath), sort_keys=True)`` plus
 ``".dir"`` (``dvc_data.hashfile.tree.Tree.digest``; confirmed against ``dvc repro`` with
-dvc 3.67.1). DVC hashes every file of a directory, sidecars and dot-files included, while
-sidecars do not record those: they are hashed from the workspace. Not supported (such entries
-may be reported as disagreeing): ``.dvcignore`` patterns, and entries without ``hash: md5``
-(DVC 2 ``md5-dos2unix``), which are skipped.
+dvc 3.67.1). DVC hashes every file of a directory, dot-files included, except names matched by
+``.dvcignore`` (cmml ignores Snakemake's ``.snakemake_timestamp``); files the sidecars do not
+record are hashed from the workspace. Only slash-free ``.dvcignore`` name patterns are applied;
+entries without ``hash: md5`` (DVC 2 ``md5-dos2unix``) are skipped.
 
-dvc.lock paths are taken relative to the project root (a root dvc.yaml without ``wdir``); an
+dvc.lock paths are taken relative to the project root (every generated stage runs there); an
 unreadable dvc.lock is a broken link.
 
 A recorded file missing from the workspace is not a failure when dvc.lock vouches for it:
@@ -27,6 +27,7 @@ or rebuilt from the producing sidecar) lists it with the same md5. The walk stop
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import posixpath
@@ -40,7 +41,7 @@ from typing import Any
 
 from cmml.config import get, params_hash
 from cmml.errors import ConfigError, DataError
-from cmml.provenance.hashing import DIR_SIDECAR, SIDECAR_SUFFIX, expand, hash_file, is_sidecar
+from cmml.provenance.hashing import DIR_SIDECAR, SIDECAR_SUFFIX, expand, file_fingerprint, hash_file, is_sidecar
 
 BROKEN, WARN, OK = "BROKEN", "WARN", "OK"
 DVC_LOCK = "dvc.lock"
@@ -60,6 +61,11 @@ def _parents(path: str) -> list[str]:
         path = posixpath.dirname(path)
         out.append(path)
     return out
+
+
+def is_source(path: str) -> bool:
+    """Whether ``path`` is package source code (git-tracked, a leaf of the chain; no stage makes it)."""
+    return path.startswith("src/") and path.endswith(".py")
 
 
 def _canon(value: Any) -> str:
@@ -97,36 +103,46 @@ class LockEntry:
 class DvcLock:
     """The md5 entries of a project's dvc.lock and the local DVC cache they point to."""
 
-    def __init__(self, root: Path, data: Any):
+    def __init__(self, root: Path, files: dict[str, Any]):
+        """``files``: {lock path relative to ``root``: its parsed content}."""
         self.root = root
         self.stages: dict[str, list[LockEntry]] = {}
         self.by_path: dict[str, list[LockEntry]] = {}
-        if not isinstance(data, dict) or not isinstance(data.get("stages"), dict):
-            raise DataError(f"{root / DVC_LOCK}: expected a mapping with 'stages' (DVC 3 lock file)")
-        for stage, body in sorted(data["stages"].items()):
-            body = body if isinstance(body, dict) else {}
-            entries = []
-            for section in ("deps", "outs"):
-                for item in body.get(section) or []:
-                    if isinstance(item, dict) and item.get("hash") == "md5" and "md5" in item and "path" in item:
-                        entries.append(LockEntry(stage, section, posixpath.normpath(str(item["path"])), str(item["md5"])))
-            self.stages[stage] = entries
-            for e in entries:
-                self.by_path.setdefault(e.path, []).append(e)
+        for rel, data in sorted(files.items()):
+            if not isinstance(data, dict) or not isinstance(data.get("stages"), dict):
+                raise DataError(f"{root / rel}: expected a mapping with 'stages' (DVC 3 lock file)")
+            prefix = "" if rel == DVC_LOCK else rel.removesuffix(".lock") + ".yaml:"  # DVC's name for the stage
+            for name, body in sorted(data["stages"].items()):
+                stage = prefix + name
+                body = body if isinstance(body, dict) else {}
+                entries = []
+                for section in ("deps", "outs"):
+                    for item in body.get(section) or []:
+                        if isinstance(item, dict) and item.get("hash") == "md5" and "md5" in item and "path" in item:
+                            entries.append(LockEntry(stage, section, posixpath.normpath(str(item["path"])), str(item["md5"])))
+                self.stages[stage] = entries
+                for e in entries:
+                    self.by_path.setdefault(e.path, []).append(e)
         self.cache = self._cache_dir() / "files" / "md5"
 
     @classmethod
     def load(cls, root: Path) -> DvcLock | None:
-        """The project's dvc.lock, or None when there is none."""
+        """The project's lock files (root dvc.lock and pipelines/**/dvc.lock), or None when there is none.
+
+        Their paths are relative to the project root: every generated stage runs there (``wdir``).
+        """
         import yaml
 
-        path = root / DVC_LOCK
-        if not path.is_file():
+        paths = [p for p in [root / DVC_LOCK, *sorted((root / "pipelines").rglob(DVC_LOCK))] if p.is_file()]
+        if not paths:
             return None
-        try:
-            return cls(root, yaml.safe_load(path.read_text()))
-        except yaml.YAMLError as exc:
-            raise DataError(f"{path}: not valid YAML: {exc}") from None
+        files = {}
+        for path in paths:
+            try:
+                files[path.relative_to(root).as_posix()] = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+            except yaml.YAMLError as exc:
+                raise DataError(f"{path}: not valid YAML: {exc}") from None
+        return cls(root, files)
 
     def _cache_dir(self) -> Path:
         """``cache.dir`` from .dvc/config (then config.local), else .dvc/cache."""
@@ -179,9 +195,8 @@ class Node:
 
     @property
     def label(self) -> str:
-        """Stage name and the artefact it made (its directory, or the sidecar for file stages)."""
-        art = posixpath.dirname(self.sidecar) if posixpath.basename(self.sidecar) == DIR_SIDECAR else self.sidecar
-        return f"{self.name} ({art})"
+        """Stage name and the artefact it made (``X`` for a sidecar ``X.prov.json``)."""
+        return f"{self.name} ({self.sidecar.removesuffix(SIDECAR_SUFFIX)})"
 
     @property
     def status(self) -> str:
@@ -215,6 +230,13 @@ class Auditor:
         self._params: dict[str, Any] | str | None = None
         self._unrecorded: dict[str, dict[str, str]] = {}
         self._lock_manifests: dict[tuple[str, str], dict[str, str] | None] = {}
+
+    @property
+    def dvcignore(self) -> list[str]:
+        """File-name patterns of .dvcignore without a slash (the form cmml uses); DVC skips them in directories."""
+        path = self.root / ".dvcignore"
+        lines = path.read_text().splitlines() if path.is_file() else []
+        return [ln.strip() for ln in lines if ln.strip() and not ln.startswith("#") and "/" not in ln]
 
     @property
     def files_hashed(self) -> int:
@@ -292,7 +314,8 @@ class Auditor:
         (sidecars, dot-files), hashed from disk; scanned once per directory."""
         if d not in self._unrecorded:
             recordable = {p.as_posix() for p in expand([Path(d)], self.root)}
-            files = (f.relative_to(self.root).as_posix() for f in (self.root / d).rglob("*") if f.is_file())
+            files = (f.relative_to(self.root).as_posix() for f in (self.root / d).rglob("*")
+                     if f.is_file() and not any(fnmatch.fnmatch(f.name, pat) for pat in self.dvcignore))
             self._unrecorded[d] = {rel[len(d) + 1:]: self.hash(rel)["md5"]  # type: ignore[index]
                                    for rel in sorted(files) if rel not in recordable}
         return self._unrecorded[d]
@@ -393,13 +416,13 @@ class Auditor:
             if cur is None:
                 if self._missing(node, path, r, "input"):
                     continue  # not materialised: the walk stops here
-            elif cur["sha256"] != r.get("sha256"):
+            elif cur["sha256"] != r.get("sha256") and not self.same_code(path, rec):
                 node.broken(f"{path}: input of {node.label} changed since it was used "
                             f"(expected sha256 {str(r.get('sha256'))[:12]}, found {cur['sha256'][:12]})")
             producer = self.locate(path)
             if producer is not None:
                 children[producer] = None
-            elif cur is not None:
+            elif cur is not None and not is_source(path):
                 node.broken(f"no provenance record for {path} (input of {node.label})")
         return list(children)
 
@@ -424,11 +447,22 @@ class Auditor:
             for k, was, is_ in _param_diff(key, value, now):
                 node.broken(f"params changed since {node.label} was made: key {k} recorded {was} now {is_}")
 
+    def same_code(self, path: str, rec: dict[str, Any]) -> bool:
+        """Whether source ``path`` differs from the recorded one only in docstrings and comments."""
+        recorded = ((rec.get("code") or {}).get("fingerprints") or {}).get(path)
+        if recorded is None or not path.endswith(".py") or not (self.root / path).is_file():
+            return False
+        try:
+            return file_fingerprint(self.root / path) == recorded
+        except (SyntaxError, ValueError, OSError):
+            return False
+
     def _check_code(self, node: Node, code: dict[str, Any]) -> None:
+        rec = {"code": code}
         for src, sha in sorted((code.get("sources") or {}).items()):
             cur = self.hash(src)
             found = cur["sha256"][:12] if cur else "no file"
-            if cur is None or cur["sha256"] != sha:
+            if cur is None or (cur["sha256"] != sha and not self.same_code(src, rec)):
                 node.broken(f"code changed: {src} (expected sha256 {str(sha)[:12]} as recorded for {node.label}, found {found})")
         commit = code.get("commit")
         if commit:

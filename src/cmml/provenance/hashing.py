@@ -21,6 +21,30 @@ def hash_file(path: Path) -> dict[str, object]:
     return {"sha256": sha.hexdigest(), "md5": md5.hexdigest(), "bytes": size}
 
 
+def file_fingerprint(path: Path, cache: Path | None = None) -> str:
+    """sha256 of a Python file's AST without docstrings: unchanged by docstring and comment edits.
+
+    With ``cache`` (a directory), results are kept there under the sha256 of the file's bytes:
+    content-addressed, so never stale, and a stage's ~30 sources cost file reads instead of ~0.2 s
+    of parsing.
+    """
+    import ast
+
+    from cmml.pipeline.sources import strip_docstrings
+
+    raw = Path(path).read_bytes()
+    hit = cache / hashlib.sha256(raw).hexdigest() if cache is not None else None
+    if hit is not None and hit.is_file():
+        return hit.read_text(encoding="ascii")
+    tree = strip_docstrings(ast.parse(raw.decode("utf-8")))
+    digest = hashlib.sha256(ast.dump(tree, include_attributes=False).encode()).hexdigest()
+    if hit is not None:
+        from cmml.pipeline.atomic import write_text
+
+        write_text(hit, digest)
+    return digest
+
+
 def is_sidecar(path: Path) -> bool:
     """Whether ``path`` is a provenance sidecar (never listed among a stage's hashed outputs)."""
     return path.name == DIR_SIDECAR or path.name.endswith(SIDECAR_SUFFIX)

@@ -24,16 +24,24 @@ from typing import Any
 
 from cmml.config import params_hash
 from cmml.pipeline.atomic import publish_mode, write_json
-from cmml.provenance.hashing import hash_file, hash_tree
+from cmml.provenance.hashing import file_fingerprint, hash_file, hash_tree
 
 SCHEMA = 1
+FINGERPRINT_CACHE = ".cmml/fingerprints"  # content-addressed AST fingerprints of source files (see hashing.file_fingerprint)
 _stage_started: float | None = None
+_dispatch_modules: frozenset[str] = frozenset()
 
 
 def mark_stage_start() -> None:
     """Record when the stage command started, so sidecars report the whole stage's wall time."""
     global _stage_started
     _stage_started = time.time()
+
+
+def mark_dispatch_done() -> None:
+    """Record the modules loaded to find the stage; sidecars list the cmml modules loaded after (the handler's)."""
+    global _dispatch_modules
+    _dispatch_modules = frozenset(sys.modules)
 
 
 PACKAGES = ("cmml", "torch", "transformers", "tokenizers", "numpy", "pandas", "pyarrow", "torchmetrics", "snakemake", "dvc")
@@ -48,7 +56,7 @@ def git_state(root: Path) -> dict[str, Any]:
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
         dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
-                                      ":!results", ":!runs", ":!dvc.lock"], cwd=root, capture_output=True, text=True, check=True).stdout.strip())
+                                      ":!results", ":!runs", ":!dvc.lock", ":!pipelines/*dvc.lock"], cwd=root, capture_output=True, text=True, check=True).stdout.strip())
     except (OSError, subprocess.CalledProcessError):
         return {"commit": None, "dirty": None}
     return {"commit": commit, "dirty": dirty}
@@ -62,10 +70,8 @@ def environment() -> dict[str, Any]:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             versions[pkg] = None
-    from cmml.pipeline import worker
-
     env = {"python": platform.python_version(), "platform": platform.platform(), "packages": versions,
-           "via_worker": worker.in_worker()}
+           "via_worker": os.environ.get("CMML_IN_WORKER") == "1"}
     torch = sys.modules.get("torch")
     if torch is not None:
         env["cuda"] = torch.version.cuda
@@ -91,6 +97,7 @@ class StageRun:
     outputs: dict[Path, bool]
     sidecar: Path
     sources: list[Path]
+    command: list[str] = field(default_factory=lambda: list(sys.argv))
     root: Path = field(default_factory=Path.cwd)
     seed: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -145,7 +152,7 @@ class StageRun:
             "schema": SCHEMA,
             "stage": self.stage,
             "name": self.name,
-            "command": sys.argv,
+            "command": self.command,
             "params": self.params_values,
             "params_hash": params_hash(self.params_values),
             "inputs": hash_tree(self.inputs, self.root),
@@ -153,6 +160,11 @@ class StageRun:
             "code": {
                 **git_state(self.root),
                 "sources": {p.as_posix(): hash_file(self.root / p)["sha256"] for p in self.sources if (self.root / p).is_file()},
+                # docstring-free AST hashes of every Python file read (sources, and the inputs of code stages)
+                "fingerprints": {p.as_posix(): file_fingerprint(self.root / p, self.root / FINGERPRINT_CACHE)
+                                 for p in sorted({*self.sources, *(q for q in self.inputs if q.suffix == ".py")})
+                                 if (self.root / p).is_file()},
+                "loaded": sorted(m for m in set(sys.modules) - _dispatch_modules if m == "cmml" or m.startswith("cmml.")),
             },
             "env": environment(),
             "device": self.device,
@@ -166,18 +178,23 @@ class StageRun:
 
 def stage_run(stage: Any, params: dict[str, Any], *, seed: int | None = None, device: str = "cpu",
               extra: dict[str, Any] | None = None) -> StageRun:
-    """A :class:`StageRun` for a planned ``cmml.pipeline.plan.Stage`` (deps, outs, keys from the plan)."""
-    from cmml.config import subset
+    """A :class:`StageRun` for a planned :class:`cmml.pipeline.stage.Stage` (deps, outs, keys from the plan).
 
-    sources = set(stage.source_files())
+    The recorded sources are the import closure of the stage's entry modules (raw sha256 each);
+    the command is the stage's planned command (repository-relative, the same on every machine).
+    """
+    from cmml.config import subset
+    from cmml.pipeline.sources import closure, rel_path
+
     return StageRun(
-        stage=stage.kind,
+        stage=stage.handler,
         name=stage.name,
         params_values=subset(params, stage.params),
-        inputs=[Path(d) for d in stage.deps if d not in sources],
+        inputs=[Path(d) for d in stage.all_deps],
         outputs={Path(o): o in stage.dir_outs for o in stage.outs if o != stage.sidecar},
         sidecar=Path(stage.sidecar),
-        sources=[Path(s) for s in sorted(sources)],
+        sources=[Path(rel_path(m)) for m in closure(stage.code_entries)],
+        command=list(stage.cmd),
         seed=seed,
         device=device,
         extra=dict(extra or {}),

@@ -1,1 +1,1 @@
-"""Results: aggregation of the evaluated score matrices, and the static report (tables, PNG plots, HTML)."""
+"""Report building blocks shared by the families, and the results index (``results/index.*``)."""

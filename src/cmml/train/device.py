@@ -33,8 +33,11 @@ class DeviceInfo:
         return f"{name} ({prec}, {self.threads} threads)"
 
 
-def select_device(runtime: dict[str, Any]) -> DeviceInfo:
-    """Resolve ``runtime.device`` (auto|cpu|cuda) and ``runtime.threads`` (0 = all cores)."""
+def select_device(runtime: dict[str, Any], local_rank: int | None = None) -> DeviceInfo:
+    """Resolve ``runtime.device`` (auto|cpu|cuda) and ``runtime.threads`` (0 = all cores).
+
+    ``local_rank`` (a rank of a multi-process stage) picks the CUDA device ``cuda:local_rank``.
+    """
     from cmml.errors import ConfigError
 
     want = runtime["device"]
@@ -45,7 +48,10 @@ def select_device(runtime: dict[str, Any]) -> DeviceInfo:
     torch.set_num_threads(threads)
     if use_cuda:
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return DeviceInfo(torch.device("cuda"), dtype, threads)
+        if local_rank is None:
+            return DeviceInfo(torch.device("cuda"), dtype, threads)
+        torch.cuda.set_device(local_rank)
+        return DeviceInfo(torch.device("cuda", local_rank), dtype, threads)
     return DeviceInfo(torch.device("cpu"), None, threads)
 
 

@@ -1,0 +1,62 @@
+"""Stage handler ``cmml/evaluate/<setting>/<method>/seed<k>``: every row of one run's score matrix.
+
+Row ``init`` is the untrained model (the state task 0's training starts from, for FWT), row t
+the checkpoint after task t; each is scored on every task's test split over the logit columns of
+``TaskInfo.columns`` (class-incremental: every class seen by then). Writes ``scores.json``:
+``{"metric", "scenario", "counts", "rows": {"init"|"task<t>": {metric: [per task]}}}``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cmml.eval.metrics import score
+from cmml.families.cmml.runs import INIT_ROW, SECTION, row_label
+from cmml.pipeline.atomic import write_json
+from cmml.provenance.sidecar import stage_run
+from cmml.train.checkpoint import CKPT_FILE, build_method, load_checkpoint, load_context, untrained
+from cmml.train.device import select_device
+
+SCORES = "scores.json"
+
+
+def run(stage: Any, params: dict[str, Any]) -> None:
+    """Evaluate the untrained model and every checkpoint of the run on all tasks' test splits."""
+    from cmml.data.dataset import Loading, load_split
+
+    a = stage.args
+    device = select_device(params["runtime"])
+    ctx, backbone = load_context(a, params, SECTION)
+    test = load_split(ctx.data_dir, ctx.tasks_dir, "test", ctx.tokenizer, missing_dir=ctx.missing_dir, fill=ctx.fill,
+                      loading=Loading.from_runtime(params["runtime"], device.device))
+    parts = [test.subset(torch.nonzero(test.tasks == j).flatten()) for j in range(ctx.info.num_tasks)]
+    bs = params["runtime"]["eval_batch_size"]
+    rows: dict[str, dict[str, list[float]]] = {}
+    for row in a["rows"]:
+        method = build_method(ctx, backbone)
+        if row == INIT_ROW:
+            untrained(method, device.device)
+        else:
+            load_checkpoint(Path(a["ckpts"][str(row)]) / CKPT_FILE, ctx, method, row)
+        method.to(device.device).eval()
+        per_task: dict[str, list[float]] = {}
+        for j, part in enumerate(parts):
+            logits, labels = [], []
+            with torch.no_grad():
+                for b in part.batches(bs, shuffle=False):
+                    with device.autocast():
+                        logits.append(method.predict(b.to(device.device)).float().cpu())
+                    labels.append(b.labels)
+            lo, hi = ctx.info.columns(j, row)
+            z, y = torch.cat(logits)[:, lo:hi], torch.cat(labels)
+            y = y[:, lo:hi] if ctx.info.multilabel else y - lo
+            for k, v in score(z, y, ctx.info.multilabel).items():
+                per_task.setdefault(k, []).append(round(v, 4))
+        rows[row_label(row)] = per_task
+    result = {"metric": "f1_macro" if ctx.info.multilabel else "accuracy", "scenario": ctx.info.scenario,
+              "counts": [len(p) for p in parts], "rows": rows}
+    with stage_run(stage, params, seed=ctx.seed, device=device.describe(), extra={"scores": result}) as sr:
+        write_json(sr.tmp(a["out"]) / SCORES, result)

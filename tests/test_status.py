@@ -1,0 +1,51 @@
+"""``cmml status`` from the sidecars: done, then stale for the right reason, then missing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cmml.cli import main
+from cmml.pipeline.plan import plan
+from cmml.pipeline.status import states
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_status_names_params_code_data_and_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    p["benchmark"].update(num_classes=4, per_class={"pretrain": 4, "train": 4, "val": 1, "test": 2})
+    p["tasks"]["num_tasks"] = 2
+    p["pretrain"]["epochs"] = 1
+    p["runtime"].update(device="cpu", threads=1)
+    p["settings"] = {"both70": p["settings"]["both70"]}
+    p["cmml"]["methods"] = {"finetune_head": {**p["cmml"]["methods"]["finetune_head"], "epochs": 1}}
+    p["cmml"]["experiments"] = {"main": {"methods": ["finetune_head"], "settings": ["both70"], "seeds": [0]}}
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CMML_WORKER", "0")
+    Path("params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    stages = plan(p)
+    assert set(states(stages, p).values()) == {"missing"}
+    for st in stages:
+        assert main(["run", st.name]) == 0, st.name
+    assert set(states(stages, p).values()) == {"done"}
+    p["cmml"]["methods"]["finetune_head"]["lr"] *= 2
+    now = states(plan(p), p)
+    assert now["cmml/train/both70/finetune_head/seed0/task0"] == "stale (params)"
+    assert now["data/prepare"] == "done" and now["cmml/aggregate"] == "stale (params)"
+    assert now["index"] == "stale (data)"  # its input, the report, is not done any more
+    p["cmml"]["methods"]["finetune_head"]["lr"] /= 2
+    assert main(["run", "data/missing/both70/seed0"]) == 0  # rerun upstream: same params, new outputs
+    now = states(plan(p), p)
+    assert now["data/missing/both70/seed0"] == "done"  # identical bytes: nothing downstream is stale
+    assert now["cmml/train/both70/finetune_head/seed0/task0"] == "done"
+    p["pretrain"]["epochs"] = 2
+    now = states(plan(p), p)
+    assert now["data/pretrain/seed0"] == "stale (params)"
+    assert now["cmml/train/both70/finetune_head/seed0/task0"] == "stale (data)"
+    p["pretrain"]["epochs"] = 1
+    Path("runs/cmml/embedded/both70/finetune_head/seed0/eval.prov.json").unlink()
+    assert states(plan(p), p)["cmml/evaluate/both70/finetune_head/seed0"] == "missing"
+    assert main(["status"]) == 0
