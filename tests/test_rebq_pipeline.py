@@ -50,7 +50,7 @@ def tiny_params() -> dict:
     # 6 epochs are not enough: the probe then scores text-only above complete (43.8 vs 29.7);
     # at 24 the frozen features need both modalities (complete 95, text-only 52, image-only 23).
     p["pretrain"]["epochs"] = 24
-    p["runtime"].update(device="cpu", threads=1)
+    p["runtime"].update(device="cpu", threads=2)  # the suite runs one test at a time on 2 cores
     p["settings"] = {"both70": p["settings"]["both70"]}
     # pool_size 16: 8 rows per task, 2 tasks x 8 orthogonal keys <= hidden size 64
     p["cmml"]["methods"] = {"rebq": {**p["cmml"]["methods"]["rebq"], "epochs": 2, "pool_size": 16},

@@ -74,9 +74,14 @@ def wait_for_train(root: Path, first: subprocess.Popen) -> None:
     raise AssertionError(f"the first run never reached its train stage (exit {first.poll()})")
 
 
+# The first run goes up to the first train stage (the one whose epochs the second run interrupts).
+CKPT = "runs/cmml/embedded/both70/finetune_full/seed0/task0/ckpt"
+DVC_STAGE = "pipelines/cmml/both70/finetune_full/dvc.yaml:cmml-train-both70-finetune_full-seed0-task0"
+
+
 @pytest.mark.parametrize("first_cmd, second_cmd, holder", [
-    (["snakemake", "--cores", "1"], ["dvc", "repro"], "snakemake"),
-    (["dvc", "repro"], ["snakemake", "--cores", "1"], "dvc repro"),
+    (["snakemake", "--cores", "1", CKPT], ["dvc", "repro"], "snakemake"),
+    (["dvc", "repro", DVC_STAGE], ["snakemake", "--cores", "1"], "dvc repro"),
 ])
 def test_second_run_refuses_and_the_first_completes(project: Path, first_cmd: list[str], second_cmd: list[str],
                                                      holder: str) -> None:
@@ -93,5 +98,5 @@ def test_second_run_refuses_and_the_first_completes(project: Path, first_cmd: li
     finally:
         if first.poll() is None:
             first.kill()
-    audit = subprocess.run(["cmml", "audit", "results/index.md"], cwd=project, env=env(project), capture_output=True, text=True)
+    audit = subprocess.run(["cmml", "audit", f"{CKPT}/checkpoint.pt"], cwd=project, env=env(project), capture_output=True, text=True)
     assert audit.returncode == 0, audit.stdout[-2000:] + audit.stderr
