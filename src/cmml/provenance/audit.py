@@ -41,6 +41,7 @@ from typing import Any
 
 from cmml.config import get, params_hash
 from cmml.errors import ConfigError, DataError
+from cmml.provenance.dvclock import cache_root
 from cmml.provenance.hashing import DIR_SIDECAR, SIDECAR_SUFFIX, expand, file_fingerprint, hash_file, is_sidecar
 
 BROKEN, WARN, OK = "BROKEN", "WARN", "OK"
@@ -123,7 +124,7 @@ class DvcLock:
                 self.stages[stage] = entries
                 for e in entries:
                     self.by_path.setdefault(e.path, []).append(e)
-        self.cache = self._cache_dir() / "files" / "md5"
+        self.cache = cache_root(root)
 
     @classmethod
     def load(cls, root: Path) -> DvcLock | None:
@@ -143,20 +144,6 @@ class DvcLock:
             except yaml.YAMLError as exc:
                 raise DataError(f"{path}: not valid YAML: {exc}") from None
         return cls(root, files)
-
-    def _cache_dir(self) -> Path:
-        """``cache.dir`` from .dvc/config (then config.local), else .dvc/cache."""
-        cache = self.root / ".dvc" / "cache"
-        for name in ("config", "config.local"):
-            cfg = self.root / ".dvc" / name
-            section = None
-            for line in cfg.read_text().splitlines() if cfg.is_file() else []:
-                s = line.strip()
-                if s.startswith("["):
-                    section = s.strip("[]").strip()
-                elif section == "cache" and "=" in s and s.split("=", 1)[0].strip() == "dir":
-                    cache = self.root / ".dvc" / s.split("=", 1)[1].strip().strip("'\"")
-        return cache
 
     def object(self, oid: str) -> Path:
         """Where the local cache keeps object ``oid``."""

@@ -27,8 +27,8 @@ from cmml.pipeline.stage import Stage
 from cmml.provenance.hashing import hash_file
 
 
-def _cache_root(root: Path) -> Path:
-    """``cache.dir`` from .dvc/config (then config.local), else .dvc/cache."""
+def cache_root(root: Path) -> Path:
+    """Where DVC 3 keeps objects: ``cache.dir`` from .dvc/config (then config.local), else .dvc/cache; + files/md5."""
     cache = root / ".dvc" / "cache"
     for name in ("config", "config.local"):
         cfg = root / ".dvc" / name
@@ -114,7 +114,7 @@ def write_lock(stages: list[Stage], root: Path = Path("."), fill_cache: bool = T
 
     from cmml.pipeline.dvcgen import lock_of
 
-    cache = _cache_root(root) if fill_cache and (root / ".dvc").is_dir() else None
+    cache = cache_root(root) if fill_cache and (root / ".dvc").is_dir() else None
     locks: dict[str, dict[str, Any]] = {lock_of(st): {} for st in stages}
     skipped = 0
     for st in stages:
