@@ -102,13 +102,14 @@ def rule(name: str) -> str:
 
 
 def dvc_stage(name: str) -> str:
-    """DVC's name for a stage: ``<file>:<stage>`` outside the root dvc.yaml (one file per stage group)."""
+    """DVC's name for a stage: ``<file>:<stage>`` outside the root dvc.yaml (one file per stage group and seed)."""
     short = re.sub(r"[^0-9A-Za-z_-]", "-", name.replace("/", "-"))
     parts = name.split("/")
+    seed = [p for p in parts if re.fullmatch(r"seed\d+", p)]
     if parts[0] in ("code", "data"):
-        return f"pipelines/{parts[0]}/dvc.yaml:{short}"
+        return "/".join(["pipelines", parts[0], *seed, "dvc.yaml"]) + f":{short}"
     if parts[0] == "cmml" and len(parts) >= 4:
-        return f"pipelines/cmml/{parts[2]}/{parts[3]}/dvc.yaml:{short}"
+        return "/".join(["pipelines/cmml", parts[2], parts[3], *seed, "dvc.yaml"]) + f":{short}"
     return short
 
 

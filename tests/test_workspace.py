@@ -76,7 +76,7 @@ def wait_for_train(root: Path, first: subprocess.Popen) -> None:
 
 # The first run goes up to the first train stage (the one whose epochs the second run interrupts).
 CKPT = "runs/cmml/embedded/both70/finetune_full/seed0/task0/ckpt"
-DVC_STAGE = "pipelines/cmml/both70/finetune_full/dvc.yaml:cmml-train-both70-finetune_full-seed0-task0"
+DVC_STAGE = "pipelines/cmml/both70/finetune_full/seed0/dvc.yaml:cmml-train-both70-finetune_full-seed0-task0"
 
 
 @pytest.mark.parametrize("first_cmd, second_cmd, holder", [
