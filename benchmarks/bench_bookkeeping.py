@@ -21,18 +21,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
+from bench_pipeline import project, sh  # the same temp project and timed command as the pipeline benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 FIXED = 16  # stages that do not grow with the seeds: code stages, params, prepare, tasks, aggregate, report, index
 PER_SEED = 5
 
@@ -50,33 +46,6 @@ def params_for(seeds: int) -> dict:
     return p
 
 
-def run(cmd: list[str], cwd: Path) -> float:
-    """Wall time of ``cmd`` in ``cwd`` (the project copy's own code on PYTHONPATH)."""
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONPATH": str(cwd / "src"), "DVC_NO_ANALYTICS": "1"}
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
-    if proc.returncode:
-        raise RuntimeError(f"{' '.join(cmd)} failed in {cwd}:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    return time.perf_counter() - t0
-
-
-def project(dest: Path, params: dict) -> Path:
-    """A temp git + DVC project with the repository's code and ``params``."""
-    dest.mkdir(parents=True)
-    for item in ("Snakefile", "workflow", "src", "pyproject.toml", ".dvcignore"):
-        src = ROOT / item
-        if src.is_dir():
-            shutil.copytree(src, dest / item, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        else:
-            shutil.copy2(src, dest / item)
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"],
-                ["cmml", "dvc-yaml"], ["git", "add", "-A"],
-                ["git", "-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qm", "bench"]):
-        run(cmd, dest)
-    return dest
-
-
 def stage_seconds(proj: Path) -> tuple[int, float]:
     """(stages run, sum of their own wall times) from the sidecars."""
     walls = [json.loads(p.read_text())["wall_s"] for p in proj.glob("runs/**/*.prov.json")]
@@ -87,10 +56,10 @@ def stage_seconds(proj: Path) -> tuple[int, float]:
 def measure(tool: str, seeds: int, base: Path) -> dict[str, float]:
     proj = project(base / f"{tool}-{seeds}", params_for(seeds))
     cmd = ["snakemake", "--cores", "1", "-q"] if tool == "snakemake" else ["dvc", "repro", "-q"]
-    wall = run(cmd, proj)
+    wall = sh(cmd, proj)
     n, own = stage_seconds(proj)
-    noop = run(cmd, proj)
-    status = run(["dvc", "status", "-q"], proj) if tool == "dvc" else float("nan")
+    noop = sh(cmd, proj)
+    status = sh(["dvc", "status", "-q"], proj) if tool == "dvc" else float("nan")
     shutil.rmtree(proj)
     return {"stages": n, "wall": wall, "own": own, "per_stage": (wall - own) / n, "noop": noop, "status": status}
 
