@@ -14,11 +14,11 @@ import pytest
 import torch
 import yaml
 
+from small import small_params
 from cmml.cli import main
 from cmml.errors import ConfigError
 from cmml.pipeline.plan import find, load, plan
 
-ROOT = Path(__file__).resolve().parents[1]
 STAGE = "cmml/train/both70/finetune_full/seed0/task0"
 OUT = Path("runs/cmml/embedded/both70/finetune_full/seed0/task0/ckpt")
 
@@ -37,15 +37,9 @@ def run_cli() -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("ddp")
-    p = yaml.safe_load((ROOT / "params.yaml").read_text())
-    p["benchmark"].update(num_classes=4, per_class={"pretrain": 4, "train": 20, "val": 1, "test": 2})
-    p["tasks"]["num_tasks"] = 2
-    p["pretrain"]["epochs"] = 1
-    p["runtime"].update(device="cpu", threads=1)
-    p["settings"] = {"both70": p["settings"]["both70"]}
     # 40 samples in batches of 13: shares 7/6 and, in the last batch of 1 sample, 1/0
-    p["cmml"]["methods"] = {"finetune_full": {**p["cmml"]["methods"]["finetune_full"], "epochs": 3, "batch_size": 13}}
-    p["cmml"]["experiments"] = {"main": {"methods": ["finetune_full"], "settings": ["both70"], "seeds": [0]}}
+    p = small_params(4, {"pretrain": 4, "train": 20, "val": 1, "test": 2},
+                     runs={"finetune_full": {"epochs": 3, "batch_size": 13}})
     (root / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from small import small_params
 from cmml.cli import main
 from cmml.families.cmml.runs import method_block
 from cmml.methods.registry import METHODS
@@ -31,12 +32,7 @@ def run_for(method: str) -> str:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("every_method")
-    p = yaml.safe_load((ROOT / "params.yaml").read_text())
-    p["benchmark"].update(num_classes=8, per_class={"pretrain": 8, "train": 6, "val": 1, "test": 4})
-    p["tasks"]["num_tasks"] = 2
-    p["pretrain"]["epochs"] = 1
-    p["runtime"].update(device="cpu", threads=1)
-    p["settings"] = {"both70": p["settings"]["both70"]}
+    p = small_params(8, {"pretrain": 8, "train": 6, "val": 1, "test": 4})
     runs = {run_for(m) for m in METHODS}
     p["cmml"]["methods"] = {r: {**method_block(DEFAULTS, r), "epochs": 1, "batch_size": 8} for r in runs}
     p["cmml"]["experiments"] = {"all": {"methods": sorted(runs), "settings": ["both70"], "seeds": [0]}}

@@ -16,24 +16,18 @@ import pytest
 import torch
 import yaml
 
+from small import small_params
 from cmml.cli import main
 from cmml.pipeline.plan import plan
 
-ROOT = Path(__file__).resolve().parents[1]
 STAGE = "cmml/train/both70/finetune_full/seed0/task0"
 CKPT = Path("runs/cmml/embedded/both70/finetune_full/seed0/task0/ckpt/checkpoint.pt")
 
 
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    p = yaml.safe_load((ROOT / "params.yaml").read_text())
-    p["benchmark"].update(num_classes=4, per_class={"pretrain": 4, "train": 40, "val": 1, "test": 2})
-    p["tasks"]["num_tasks"] = 2
-    p["pretrain"]["epochs"] = 1
-    p["runtime"].update(device="cpu", threads=1)
-    p["settings"] = {"both70": p["settings"]["both70"]}
-    p["cmml"]["methods"] = {"finetune_full": {**p["cmml"]["methods"]["finetune_full"], "epochs": 60, "batch_size": 8}}
-    p["cmml"]["experiments"] = {"main": {"methods": ["finetune_full"], "settings": ["both70"], "seeds": [0]}}
+    p = small_params(4, {"pretrain": 4, "train": 40, "val": 1, "test": 2},
+                     runs={"finetune_full": {"epochs": 60, "batch_size": 8}})
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("CMML_WORKER", "0")
     Path("params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))

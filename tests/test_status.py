@@ -7,22 +7,15 @@ from pathlib import Path
 import pytest
 import yaml
 
+from small import small_params
 from cmml.cli import main
 from cmml.pipeline.plan import plan
 from cmml.pipeline.status import states
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_status_names_params_code_data_and_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    p = yaml.safe_load((ROOT / "params.yaml").read_text())
-    p["benchmark"].update(num_classes=4, per_class={"pretrain": 4, "train": 4, "val": 1, "test": 2})
-    p["tasks"]["num_tasks"] = 2
-    p["pretrain"]["epochs"] = 1
-    p["runtime"].update(device="cpu", threads=1)
-    p["settings"] = {"both70": p["settings"]["both70"]}
-    p["cmml"]["methods"] = {"finetune_head": {**p["cmml"]["methods"]["finetune_head"], "epochs": 1}}
-    p["cmml"]["experiments"] = {"main": {"methods": ["finetune_head"], "settings": ["both70"], "seeds": [0]}}
+    p = small_params(4, {"pretrain": 4, "train": 4, "val": 1, "test": 2}, runs={"finetune_head": {"epochs": 1}})
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("CMML_WORKER", "0")
     Path("params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))

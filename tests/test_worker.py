@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
+import small
 from cmml.provenance.hashing import hash_tree
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,15 +34,8 @@ IN_WORKER = "CMML_IN_WORKER"
 
 
 def small_params() -> dict[str, Any]:
-    p = yaml.safe_load((ROOT / "params.yaml").read_text())
-    p["benchmark"].update(num_classes=8, per_class={"pretrain": 12, "train": 4, "val": 1, "test": 4})
-    p["tasks"]["num_tasks"] = 2
-    p["pretrain"]["epochs"] = 1
-    p["runtime"].update(device="cpu", threads=1)
-    p["settings"] = {"both70": p["settings"]["both70"]}
-    p["cmml"]["methods"] = {"finetune_head": {**p["cmml"]["methods"]["finetune_head"], "epochs": 1}}
-    p["cmml"]["experiments"] = {"main": {"methods": ["finetune_head"], "settings": ["both70"], "seeds": [0, 1]}}
-    return p
+    return small.small_params(8, {"pretrain": 12, "train": 4, "val": 1, "test": 4}, runs={"finetune_head": {"epochs": 1}},
+                        seeds=(0, 1))
 
 
 @pytest.fixture

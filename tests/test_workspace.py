@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from small import small_params
 from cmml.errors import CmmlError
 from cmml.pipeline.workspace import STATE, claim, release
 
@@ -50,14 +51,8 @@ def project(tmp_path: Path) -> Path:
         src = ROOT / item
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, tmp_path / item, **(
             {"ignore": shutil.ignore_patterns("__pycache__", "*.egg-info")} if src.is_dir() else {}))
-    p = yaml.safe_load((ROOT / "params.yaml").read_text())
-    p["benchmark"].update(num_classes=4, per_class={"pretrain": 2, "train": 30, "val": 1, "test": 2})
-    p["tasks"]["num_tasks"] = 2
-    p["pretrain"]["epochs"] = 1
-    p["runtime"].update(device="cpu", threads=1)
-    p["settings"] = {"both70": p["settings"]["both70"]}
-    p["cmml"]["methods"] = {"finetune_full": {**p["cmml"]["methods"]["finetune_full"], "epochs": 15, "batch_size": 4}}
-    p["cmml"]["experiments"] = {"main": {"methods": ["finetune_full"], "settings": ["both70"], "seeds": [0]}}
+    p = small_params(4, {"pretrain": 2, "train": 30, "val": 1, "test": 2},
+                     runs={"finetune_full": {"epochs": 15, "batch_size": 4}})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["cmml", "dvc-yaml"], ["git", "add", "-A"],
                 ["git", "commit", "-qm", "init"]):
