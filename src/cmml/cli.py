@@ -80,15 +80,30 @@ def run_stage(name: str, params_file: str) -> int:
 
 def preload() -> None:
     """What a worker imports once for every model stage (no CUDA, no torch op)."""
-    import cmml.families.cmml.evaluate  # noqa: F401
-    import cmml.families.cmml.train  # noqa: F401
+    import pkgutil
+
     import cmml.models.pretrain  # noqa: F401
+    from cmml.families.registry import FAMILIES
+
+    for fam in FAMILIES:  # every family's stage handlers
+        pkg = importlib.import_module(f"cmml.families.{fam}")
+        for mod in pkgutil.iter_modules(pkg.__path__):
+            importlib.import_module(f"{pkg.__name__}.{mod.name}")
     from cmml.methods.registry import METHODS, get_method
 
     for name in METHODS:
         get_method(name)
+    import pandas  # noqa: F401 - the split readers
+    import pyarrow.dataset  # noqa: F401
+    import pyarrow.parquet  # noqa: F401
     import torchmetrics.functional.classification  # noqa: F401
     from transformers import ViltConfig, ViltModel, get_cosine_schedule_with_warmup  # noqa: F401 - lazy attributes
+    from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+
+    from cmml.pipeline.sources import all_modules, closure
+
+    get_checkpoint_conversion_mapping("vilt")  # builds transformers' weight-renaming table (~0.3 s) once, not per load
+    closure(all_modules())  # parses every module once: each stage's plan derives code deps from the same trees
 
 
 def main(argv: list[str] | None = None) -> int:
