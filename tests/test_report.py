@@ -17,7 +17,7 @@ import yaml
 from cmml.errors import DataError
 from cmml.families.cmml import aggregate, report
 from cmml.families.cmml.runs import INIT_ROW as INIT_TASK
-from cmml.families.cmml.runs import row_label
+from cmml.families.cmml.runs import Run, row_label
 from cmml.pipeline.plan import find, load, plan
 from cmml.report import render
 
@@ -64,6 +64,9 @@ def params(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     return load("params.yaml")
 
 
+PARAMS = {"finetune_head": 1_300, "joint": 2_600}  # trained parameters per method in the fake scores
+
+
 def eval_dir(params: dict[str, Any], method: str, seed: int) -> Path:
     """The run's evaluation directory, as the plan names it."""
     return Path(find(plan(params), f"cmml/evaluate/both70/{method}/seed{seed}").args["out"])
@@ -76,7 +79,7 @@ def write_scores(params: dict[str, Any], metric: str = "accuracy") -> None:
         d.mkdir(parents=True)
         doc = {"metric": metric, "counts": [30, 30, 30], "scenario": "class", "rows": {
             row_label(t): {metric: vals} if metric == "accuracy" else {metric: vals, "f1_micro": [v - 1 for v in vals]}
-            for t, vals in rows.items()}}
+            for t, vals in rows.items()}, "params": {"trained": PARAMS[method], "backbone": 100_000}}
         (d / "scores.json").write_text(json.dumps(doc))
 
 
@@ -99,6 +102,7 @@ def test_aggregate_outputs_match_hand_computation(params: dict[str, Any]) -> Non
     for method, expect in OVER_SEEDS.items():
         entry = doc[f"both70/{method}"]
         assert entry["metric"] == "accuracy" and entry["n_seeds"] == 2
+        assert entry["params"] == {"trained": PARAMS[method], "backbone": 100_000}
         for k, (mean, std) in expect.items():
             if mean is None:
                 assert entry[k] == {"mean": None, "std": None}, k
@@ -152,6 +156,7 @@ def test_aggregate_output_is_stable_text(params: dict[str, Any]) -> None:
     (lambda p: p.unlink(), "missing"),
     (lambda p: p.write_text(json.dumps({**json.loads(p.read_text()), "counts": [30, 30]})), "'counts'"),
     (lambda p: p.write_text(json.dumps({**json.loads(p.read_text()), "rows": {}})), "'rows'"),
+    (lambda p: p.write_text(json.dumps({**json.loads(p.read_text()), "params": {"trained": -1, "backbone": 5}})), "'params'"),
 ])
 def test_aggregate_bad_scores_names_file_and_writes_nothing(params: dict[str, Any], damage: Any, message: str) -> None:
     write_scores(params)
@@ -184,6 +189,8 @@ def test_report_contains_every_method_and_valid_pngs(params: dict[str, Any]) -> 
                        "35% text, 35% image", "Forgetting (max)", "How to read"):
             assert needle in text, needle
     assert "| finetune_head | accuracy | 58.33 ± 2.36 | 25.00 ± 7.07 | 85.00 ± 7.07 | 2 |" in md
+    assert "| finetune_head | 1,300 | 1.30 |" in md and "| joint | 2,600 | 2.60 |" in md
+    assert not (out / report.RATE_PLOT).exists()  # one missing rate only: no curve
     assert "http" not in page and "<table>" in page
 
     heatmaps = sorted((out / "heatmaps").iterdir())
@@ -249,3 +256,24 @@ def test_report_rejects_stale_metrics(params: dict[str, Any]) -> None:
 def test_rounded_never_negative_zero() -> None:
     assert math.copysign(1.0, aggregate.rounded(-0.00001)) == 1.0
     assert aggregate.rounded(math.nan) is None
+
+
+def test_rate_curves_group_equal_train_test_settings_by_type(tmp_path: Path) -> None:
+    spec = lambda t, r: {"type": t, "ratio": r}  # noqa: E731
+    settings = {
+        "complete": {"train": spec("both", 0.0), "test": spec("both", 0.0), "both_ratio": 0.5},
+        "both10": {"train": spec("both", 0.1), "test": spec("both", 0.1), "both_ratio": 0.5},
+        "both70": {"train": spec("both", 0.7), "test": spec("both", 0.7), "both_ratio": 0.5},
+        "text70": {"train": spec("text", 0.7), "test": spec("text", 0.7), "both_ratio": 0.5},
+        "shift": {"train": spec("both", 0.0), "test": spec("both", 0.7), "both_ratio": 0.5},
+    }
+    runs = [Run(m, s, 0) for m in ("a", "b") for s in settings if not (m == "b" and s != "both70")]
+    groups = {f"{r.setting}/{r.method}": {} for r in runs}
+    curves = report.rate_curves(settings, runs, groups)
+    # method b has a single rate: no curve; "shift" (train != test) is never on a curve
+    assert curves == {"both": {"a": [(0.0, "complete"), (0.1, "both10"), (0.7, "both70")]},
+                      "text": {"a": [(0.0, "complete"), (0.7, "text70")]}}
+    stat = {"AP": {"mean": 50.0, "std": 2.0}, "forgetting": {"mean": 10.0, "std": None}}
+    report.plot_missing_rate(tmp_path / "rate.png", curves, {k: stat for k in groups}, {"a": "#000000", "b": "#111111"})
+    width, height = png_size(tmp_path / "rate.png")
+    assert width <= render.CONTENT_WIDTH_PX and height > 300

@@ -36,6 +36,7 @@ class RunResult:
     metric: str
     rows: dict[int, list[float]]
     metrics: dict[str, float]
+    params: dict[str, int]
 
 
 def matrix_name(r: Run) -> str:
@@ -73,7 +74,7 @@ def load_scores(path: Path, rows: list[int], num_tasks: int) -> dict[str, Any]:
     def bad(what: str) -> DataError:
         return DataError(f"{path}: {what}")
 
-    for key in ("metric", "scenario", "counts", "rows"):
+    for key in ("metric", "scenario", "counts", "rows", "params"):
         if key not in doc:
             raise bad(f"missing key '{key}'")
     if doc["metric"] not in PRIMARY:
@@ -83,6 +84,10 @@ def load_scores(path: Path, rows: list[int], num_tasks: int) -> dict[str, Any]:
     counts = doc["counts"]
     if not isinstance(counts, list) or len(counts) != num_tasks or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
         raise bad(f"'counts' must be a list of {num_tasks} non-negative integers (one per task), got {counts!r}")
+    p = doc["params"]
+    if not isinstance(p, dict) or sorted(p) != ["backbone", "trained"] or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in p.values()):
+        raise bad(f"'params' must be {{\"trained\": n, \"backbone\": n}} with positive integers, got {p!r}")
     if not isinstance(doc["rows"], dict):
         raise bad("'rows' must be an object {row label: {metric: [per task]}}")
     want = [row_label(r) for r in rows]
@@ -110,7 +115,7 @@ def collect(runs: list[dict[str, Any]], num_tasks: int) -> list[RunResult]:
         for t, vals in rows.items():
             if t != INIT_ROW:
                 R[t] = vals
-        results.append(RunResult(r, metric, rows, summarize(R, rows.get(INIT_ROW))))
+        results.append(RunResult(r, metric, rows, summarize(R, rows.get(INIT_ROW)), doc["params"]))
     return results
 
 
@@ -119,7 +124,8 @@ def _fmt(x: float | None, digits: int) -> str:
 
 
 def over_seeds(results: list[RunResult]) -> dict[str, dict[str, Any]]:
-    """``{"<setting>/<method>": {metric: {mean, std}, n_seeds, metric}}`` (sample std; null for one seed)."""
+    """``{"<setting>/<method>": {metric: {mean, std}, n_seeds, metric, params}}`` (sample std; null for one
+    seed; ``params``: trained and backbone parameter counts, the same for every seed)."""
     groups: dict[str, list[RunResult]] = {}
     for res in results:
         groups.setdefault(f"{res.run.setting}/{res.run.method}", []).append(res)
@@ -128,7 +134,8 @@ def over_seeds(results: list[RunResult]) -> dict[str, dict[str, Any]]:
         names = {m.metric for m in members}
         if len(names) > 1:
             raise DataError(f"{key}: seeds were scored with different metrics {sorted(names)}")
-        entry: dict[str, Any] = {"metric": members[0].metric, "n_seeds": len(members)}
+        entry: dict[str, Any] = {"metric": members[0].metric, "n_seeds": len(members),
+                                 "params": members[0].params}
         for k in METRIC_KEYS:
             vals = np.array([m.metrics[k] for m in members])
             std = float(np.std(vals, ddof=1)) if len(vals) > 1 else math.nan

@@ -3,7 +3,9 @@
 Row ``init`` is the untrained model (the state task 0's training starts from, for FWT), row t
 the checkpoint after task t; each is scored on every task's test split over the logit columns of
 ``TaskInfo.columns`` (class-incremental: every class seen by then). Writes ``scores.json``:
-``{"metric", "scenario", "counts", "rows": {"init"|"task<t>": {metric: [per task]}}}``.
+``{"metric", "scenario", "counts", "rows": {"init"|"task<t>": {metric: [per task]}}, "params": {"trained",
+"backbone"}}`` — ``trained`` counts the parameters a checkpoint of the method holds (what it adds or
+trains, frozen earlier-task rows included), ``backbone`` the backbone's own.
 """
 
 from __future__ import annotations
@@ -23,6 +25,11 @@ from cmml.train.device import select_device
 SCORES = "scores.json"
 
 
+def trained_params(method: torch.nn.Module) -> int:
+    """Parameters a checkpoint of ``method`` stores: its own, plus backbone weights it trains."""
+    return sum(v.numel() for k, v in method.named_parameters() if not k.startswith("backbone.") or v.requires_grad)
+
+
 def run(stage: Any, params: dict[str, Any]) -> None:
     """Evaluate the untrained model and every checkpoint of the run on all tasks' test splits."""
     from cmml.data.dataset import Loading, load_split
@@ -35,6 +42,7 @@ def run(stage: Any, params: dict[str, Any]) -> None:
     parts = [test.subset(torch.nonzero(test.tasks == j).flatten()) for j in range(ctx.info.num_tasks)]
     bs = params["runtime"]["eval_batch_size"]
     rows: dict[str, dict[str, list[float]]] = {}
+    counted: dict[str, int] = {}
     for row in a["rows"]:
         method = build_method(ctx, backbone)
         if row == INIT_ROW:
@@ -42,6 +50,7 @@ def run(stage: Any, params: dict[str, Any]) -> None:
         else:
             load_checkpoint(Path(a["ckpts"][str(row)]) / CKPT_FILE, ctx, method, row)
         method.to(device.device).eval()
+        counted = {"trained": trained_params(method), "backbone": sum(p.numel() for p in backbone.parameters())}
         per_task: dict[str, list[float]] = {}
         for j, part in enumerate(parts):
             logits, labels = [], []
@@ -57,6 +66,6 @@ def run(stage: Any, params: dict[str, Any]) -> None:
                 per_task.setdefault(k, []).append(round(v, 4))
         rows[row_label(row)] = per_task
     result = {"metric": "f1_macro" if ctx.info.multilabel else "accuracy", "scenario": ctx.info.scenario,
-              "counts": [len(p) for p in parts], "rows": rows}
+              "counts": [len(p) for p in parts], "rows": rows, "params": counted}
     with stage_run(stage, params, seed=ctx.seed, device=device.describe(), extra={"scores": result}) as sr:
         write_json(sr.tmp(a["out"]) / SCORES, result)

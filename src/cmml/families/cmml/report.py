@@ -23,6 +23,8 @@ from cmml.provenance.sidecar import stage_run
 from cmml.report.render import CONTENT_WIDTH_PX, Block, figure, palette, to_html, to_markdown
 
 AP_PLOT = "ap.png"
+RATE_PLOT = "missing_rate.png"
+MODALITY_TYPES = ("both", "text", "image")
 HEATMAPS = "heatmaps"
 CURVES = "curves"
 MAIN_COLUMNS = (("AP", "AP"), ("forgetting", "Forgetting"), ("last", "Last"))
@@ -66,10 +68,11 @@ def load_group(doc: dict[str, Any], key: str, path: Path) -> dict[str, Any]:
     """The checked metrics.json entry of one ``<setting>/<method>``."""
     entry = doc.get(key)
     ok = isinstance(entry, dict) and isinstance(entry.get("metric"), str) and isinstance(entry.get("n_seeds"), int)
+    ok = ok and isinstance(entry.get("params"), dict) and all(isinstance(entry["params"].get(k), int) for k in ("trained", "backbone"))
     ok = ok and all(isinstance(entry.get(k), dict) and all(
         entry[k].get(s) is None or isinstance(entry[k].get(s), (int, float)) for s in ("mean", "std")) for k in METRIC_KEYS)
     if not ok:
-        raise DataError(f"{path}: no well-formed entry for '{key}' (metric, n_seeds, mean/std of {list(METRIC_KEYS)}); "
+        raise DataError(f"{path}: no well-formed entry for '{key}' (metric, n_seeds, params, mean/std of {list(METRIC_KEYS)}); "
                         "rerun the aggregate stage")
     return entry
 
@@ -154,6 +157,24 @@ def document(params: dict[str, Any], bench: str, groups: dict[str, dict[str, Any
         ("h2", "AP per method and setting"),
         ("img", "AP per setting (mean over seeds, error bar: std over seeds); '–': not run in that setting.", AP_PLOT),
     ]
+    curves = rate_curves(params["settings"], all_runs, groups)
+    if curves:
+        blocks += [
+            ("h2", "AP and forgetting against the missing rate"),
+            ("img", "Settings whose training and test data miss the same modality at the same rate, by the "
+                    "missing type (the complete setting is rate 0 of every type); mean over seeds, error bar: "
+                    "std over seeds. Only methods run at two rates or more of a type are drawn.", RATE_PLOT),
+        ]
+    first = {}
+    for key, g in groups.items():
+        first.setdefault(key.split("/", 1)[1], g["params"])
+    blocks += [
+        ("h2", "Trainable parameters"),
+        ("p", "What a checkpoint of the method holds: the parameters it adds or trains (earlier tasks' frozen "
+              "prompt rows included), against the backbone's own parameters."),
+        ("table", ["Method", "Parameters", "% of the backbone"],
+         [[m, f"{p['trained']:,}", f"{100 * p['trained'] / p['backbone']:.2f}"] for m, p in first.items()]),
+    ]
     for setting, methods in grouped(all_runs).items():
         spec = params["settings"][setting]
         others = [f"{m}: " + ", ".join(f"[seed {r.seed}]({heatmap_png(r)})" for r in rs[1:]) for m, rs in methods.items() if len(rs) > 1]
@@ -180,6 +201,51 @@ def document(params: dict[str, Any], bench: str, groups: dict[str, dict[str, Any
         if others:
             blocks += [("p", "Heatmaps of the other seeds:"), ("ul", others)]
     return blocks
+
+
+def rate_curves(settings: dict[str, Any], all_runs: list[Run], groups: dict[str, dict[str, Any]]
+                ) -> dict[str, dict[str, list[tuple[float, str]]]]:
+    """``{type: {method: [(rate, setting), ...]}}`` over the settings whose train and test specs are equal
+    (rate 0 counts for every type), keeping the curves with two rates or more."""
+    out: dict[str, dict[str, list[tuple[float, str]]]] = {}
+    for r in all_runs:
+        spec = settings[r.setting]
+        if spec["train"] != spec["test"] or f"{r.setting}/{r.method}" not in groups:
+            continue
+        rate, kind = float(spec["train"]["ratio"]), spec["train"]["type"]
+        for t in (MODALITY_TYPES if rate == 0 else (kind,)):
+            pts = out.setdefault(t, {}).setdefault(r.method, [])
+            if (rate, r.setting) not in pts:
+                pts.append((rate, r.setting))
+    return {t: {m: sorted(p) for m, p in ms.items() if len({x for x, _ in p}) > 1}
+            for t, ms in out.items() if any(len({x for x, _ in p}) > 1 for p in ms.values())}
+
+
+def plot_missing_rate(path: Path, curves: dict[str, dict[str, list[tuple[float, str]]]],
+                      groups: dict[str, dict[str, Any]], colors: dict[str, str]) -> None:
+    """Rows AP and Forgetting, one column per missing type: a line per method over the missing rate."""
+    types = [t for t in MODALITY_TYPES if t in curves]
+    with figure(path, min(CONTENT_WIDTH_PX, 120 + 280 * len(types)), 470) as fig:
+        axes = fig.subplots(2, len(types), sharex=True, sharey=True, squeeze=False)
+        for col, t in enumerate(types):
+            for row, key in enumerate(("AP", "forgetting")):
+                ax = axes[row, col]
+                for m, pts in curves[t].items():
+                    stats = [groups[f"{s}/{m}"][key] for _, s in pts]
+                    xs = [100 * x for (x, _), st in zip(pts, stats) if st["mean"] is not None]
+                    ys = [st["mean"] for st in stats if st["mean"] is not None]
+                    es = [st["std"] or 0.0 for st in stats if st["mean"] is not None]
+                    if xs:
+                        ax.errorbar(xs, ys, yerr=es, fmt="-o", ms=3, lw=1.4, capsize=2, color=colors[m], label=m)
+                ax.grid(alpha=0.3)
+                if row == 0:
+                    ax.set_title(f"{t} missing")
+                if col == 0:
+                    ax.set_ylabel(f"{key} (%)")
+        axes[0, 0].set_xlim(-5, 105)
+        fig.supxlabel("missing rate (%)", fontsize=9)
+        handles = {lab: h for ax in axes.ravel() for h, lab in zip(*ax.get_legend_handles_labels())}
+        fig.legend(list(handles.values()), list(handles), loc="outside right upper")
 
 
 def plot_heatmap(path: Path, title: str, tasks: list[str], values: np.ndarray) -> None:
@@ -307,6 +373,9 @@ def run(stage: Any, params: dict[str, Any]) -> None:
         for r, (_, values) in matrices.items():
             plot_heatmap(out / heatmap_png(r), f"{r.setting} / {r.method} / seed {r.seed}", tasks, values)
         plot_ap(out / AP_PLOT, list(order), methods, groups, colors)
+        curves = rate_curves(params["settings"], all_runs, groups)
+        if curves:
+            plot_missing_rate(out / RATE_PLOT, curves, groups, colors)
         for setting, by_method in order.items():
             means = {m: mean_over_seeds([matrices[r][1] for r in rs]) for m, rs in by_method.items()}
             metric = "/".join(dict.fromkeys(groups[f"{setting}/{m}"]["metric"] for m in by_method))
