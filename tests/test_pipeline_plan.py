@@ -39,9 +39,12 @@ def test_dvc_files_are_small_and_hold_every_stage_once(stages) -> None:
     files = {p: yaml.safe_load(t)["stages"] for p, t in render(stages).items()}
     held = [n for body in files.values() for n in body]
     assert sorted(held) == sorted(s.dvc_name for s in stages)
-    T = load(ROOT / "params.yaml")["tasks"]["num_tasks"]
-    sizes = {p: len(b) for p, b in files.items() if p != "pipelines/code/dvc.yaml"}  # one code stage per closure
-    assert max(sizes.values()) <= T + 1, sizes  # one run's tasks + its evaluation
+    params = load(ROOT / "params.yaml")
+    T = params["tasks"]["num_tasks"]
+    runs = {p: len(b) for p, b in files.items() if p.startswith("pipelines/cmml/")}
+    assert max(runs.values()) <= T + 1, runs  # one run's tasks + its evaluation
+    data = {p: len(b) for p, b in files.items() if p.startswith("pipelines/data/")}
+    assert max(data.values()) <= len(params["settings"]) + 1, data  # a seed's missing tables + its backbone
     assert all(re.search(r"/seed\d+/dvc.yaml$", p) for p in files if p.startswith("pipelines/cmml/"))
     for path, body in files.items():
         depth = path.count("/")
