@@ -189,6 +189,7 @@ def test_report_contains_every_method_and_valid_pngs(params: dict[str, Any]) -> 
                        "35% text, 35% image", "Forgetting (max)", "How to read"):
             assert needle in text, needle
     assert "| finetune_head | accuracy | 58.33 ± 2.36 | 25.00 ± 7.07 | 85.00 ± 7.07 | 2 |" in md
+    assert "| finetune_head | 58.33 ± 2.36 (n=2) |" in md  # the method x setting overview (AP)
     assert "| finetune_head | 1,300 | 1.30 |" in md and "| joint | 2,600 | 2.60 |" in md
     assert not (out / report.RATE_PLOT).exists()  # one missing rate only: no curve
     assert "http" not in page and "<table>" in page

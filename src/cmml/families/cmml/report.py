@@ -157,6 +157,15 @@ def document(params: dict[str, Any], bench: str, groups: dict[str, dict[str, Any
         ("h2", "AP per method and setting"),
         ("img", "AP per setting (mean over seeds, error bar: std over seeds); '–': not run in that setting.", AP_PLOT),
     ]
+    settings = list(grouped(all_runs))
+    methods = list(dict.fromkeys(r.method for r in all_runs))
+    for key, label in MAIN_COLUMNS:
+        blocks += [
+            ("h3", f"{label}: method × setting"),
+            ("table", ["Method", *settings],
+             [[m, *(f"{mean_std(groups[f'{s}/{m}'][key])} (n={groups[f'{s}/{m}']['n_seeds']})" if f"{s}/{m}" in groups
+                    else "–" for s in settings)] for m in methods]),
+        ]
     curves = rate_curves(params["settings"], all_runs, groups)
     if curves:
         blocks += [
