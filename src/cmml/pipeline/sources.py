@@ -140,8 +140,9 @@ def strip_docstrings(tree: ast.AST) -> ast.AST:
     return _StripDocstrings().visit(tree)
 
 
+@lru_cache(maxsize=None)
 def fingerprint(module: str) -> str:
-    """sha256 of the module's AST without docstrings (comments and layout never count)."""
+    """sha256 of the module's AST without docstrings (comments and layout never count); once per process."""
     f = module_file(module)
     assert f is not None
     tree = strip_docstrings(ast.parse(f.read_text(encoding="utf-8")))
