@@ -43,7 +43,7 @@ FILMS = {  # id: (genres, plots, split)
     "0003": (["Action", "War"], ["the war film"], "train"),
     "0004": (["Drama", "Comedy"], ["a red story", "the man", "a dog"], "train"),
     "0005": (["Romance"], ["love love"], "dev"),
-    "0006": (["Comedy", "Action"], ["a film"], "test"),
+    "0006": (["Action", "Crime"], ["a film"], "test"),
     "0007": (["Drama"], ["the woman"], "test"),
     "0008": (["Film-Noir"], ["a noir story"], "train"),  # no kept genre when num_genres < 23
 }
