@@ -143,7 +143,7 @@ def user_manifest(root: Path, per_class: int = 3, classes: int = 4, multi: bool 
         for split, k in (("train", per_class), ("val", 1), ("test", 2)):
             for i in range(k):
                 name = f"imgs/c{c}_{split}_{i}.png"
-                write(root / name, image_bytes(300 + n, "PNG", (16, 16)))
+                write(root / name, image_bytes(300 + n, "PNG", (16, 16) if n % 2 else (24, 16)))
                 label: Any = c
                 if multi:
                     label = [0] * classes
@@ -159,5 +159,6 @@ def user_manifest(root: Path, per_class: int = 3, classes: int = 4, multi: bool 
 def bench_params(name: str, root: Path, vocab_file: Path, **over: Any) -> dict[str, Any]:
     """A ``benchmark`` params block for a real benchmark over fixture data."""
     base = {"name": name, "seed": 0, "num_classes": 3, "per_class": {"pretrain": 1, "train": 1, "val": 1, "test": 1},
-            "image_size": 16, "max_text_len": 12, "root": str(root), "vocab": str(vocab_file), "on_bad_sample": "skip"}
+            "image_size": 16, "max_text_len": 12, "root": str(root), "vocab": str(vocab_file), "on_bad_sample": "skip",
+            "image_resize": "square"}
     return {**base, **over}

@@ -31,7 +31,7 @@ def tiny_model(dest: Path) -> Path:
 def shrunk(preset: str, bench: dict[str, Any]) -> dict[str, Any]:
     """The preset with tiny sizes: 32-pixel images, 12 tokens, one epoch, the tiny model, CPU."""
     p = yaml.safe_load((ROOT / "presets" / preset).read_text())
-    p["benchmark"].update(image_size=32, max_text_len=12, vocab="model", **bench)
+    p["benchmark"].update({"image_size": 32, "max_text_len": 12, "vocab": "model", **bench})
     p["backbone"]["pretrained"] = "model"
     p["runtime"].update(device="cpu", threads=1, eval_batch_size=8, num_workers=1, cache_mb=4)
     rebq = p["cmml"]["methods"]["rebq"]
@@ -58,10 +58,11 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_user_manifest_preset_end_to_end(project: Path) -> None:
     user_manifest(project / "data" / "mine")
-    p = shrunk("user_manifest.yaml", {"num_classes": 4})
+    p = shrunk("user_manifest.yaml", {"num_classes": 4, "image_size": 64})  # ViLT resize: 64x64 and 64x96 images
     run_all(p)
     man = json.loads(Path("runs/data/manifest/prepared/manifest.json").read_text())
     assert man["layout"] == "cmml_manifest" and man["splits"]["train"]["count"] == 12
+    assert man["image_resize"] == "vilt"  # 64x64 and 64x96 images: batches padded with a pixel mask
     tasks = json.loads(Path("runs/data/manifest/tasks/tasks.json").read_text())
     assert tasks["class_order"] == [1, 3, 0, 2] and tasks["offsets"] == [0, 2, 4]
     assert tasks["class_names"] == ["dog", "soup", "cat", "cake"]

@@ -4,6 +4,8 @@ reads the given vocab; text positions are interpolated as MAP does; the backbone
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -15,7 +17,7 @@ from cmml.data.vilt_input import interpolate_positions, pad_batch, vilt_pixels, 
 
 def images() -> list[Image.Image]:
     rng = np.random.default_rng(0)
-    shapes = [(100, 150), (300, 90), (384, 384), (50, 700), (641, 1000)]  # (height, width)
+    shapes = [(100, 150), (300, 90), (384, 384), (50, 700)]  # (height, width)
     return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in shapes]
 
 
@@ -84,3 +86,34 @@ def test_backbone_honours_pixel_mask_like_transformers(sizes) -> None:
         alone = [bb(ids[i:i + 1], amask[i:i + 1], pixels[i:i + 1, :, :h, :w]).hidden[:, :7] for i, (h, w) in enumerate(sizes)]
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(ours, torch.cat(alone), atol=1e-5, rtol=1e-4)  # padding changes nothing
+
+
+def test_prepared_vilt_images_batch_like_the_processor(tmp_path) -> None:
+    """Prepared with image_resize: vilt, a batch holds the processor's pixels and pixel mask (on a canvas
+    that also fits the 64x64 missing-image fill)."""
+    from realfixtures import bench_params, user_manifest, vocab
+    from transformers.models.vilt.image_processing_pil_vilt import ViltImageProcessorPil
+
+    from cmml.data.benchmarks.manifest import BENCHMARK
+    from cmml.data.dataset import load_split
+    from cmml.data.tasks import policy_split, read_manifest
+    from cmml.pipeline.atomic import write_json
+
+    voc = vocab(tmp_path / "vocab.txt")
+    path = user_manifest(tmp_path / "mine")
+    bench = bench_params("manifest", tmp_path, voc, manifest=str(path), image_root="", label_type="single",
+                         num_classes=4, image_size=64, image_resize="vilt")
+    out = tmp_path / "prepared"
+    out.mkdir()
+    BENCHMARK.prepare(out, bench, "manifest")
+    order, offsets = policy_split(read_manifest(out), out, 2, 0)
+    write_json(tmp_path / "tasks" / "tasks.json", {"num_tasks": 2, "num_classes": 4, "class_order": order,
+                                                  "class_names": ["a", "b", "c", "d"], "offsets": offsets})
+    batch = load_split(out, tmp_path / "tasks", "train", load_tokenizer(voc, 12)).batch(torch.arange(3))
+    samples = json.loads(path.read_text())["samples"]
+    originals = [Image.open(tmp_path / "mine" / samples[k]["image"]) for k in range(3)]  # 24x16, 16x16, 24x16
+    ref = ViltImageProcessorPil(size={"shortest_edge": 64})(originals, return_tensors="pt")
+    assert batch.pixel_values.shape == ref["pixel_values"].shape == (3, 3, 64, 96)
+    torch.testing.assert_close(batch.pixel_values, ref["pixel_values"], atol=1e-6, rtol=0)
+    assert torch.equal(batch.pixel_mask, ref["pixel_mask"])
+    assert batch.empty_pixel_mask[:, :64].all() and not batch.empty_pixel_mask[:, 64:].any()

@@ -4,8 +4,10 @@ A benchmark module reads its on-disk layout into :class:`Record` objects (one pe
 image file or bytes, text, class ids in the benchmark's class order, optional group and task) and
 hands them to :func:`convert`, which writes the prepared format of docs/data.md §5:
 
-- each image is decoded (a corrupt one is a bad sample), converted to RGB, resized to
-  ``benchmark.image_size`` squared (bicubic) and stored as PNG;
+- each image is decoded (a corrupt one is a bad sample), converted to RGB, resized (bicubic) and
+  stored as PNG: to ``benchmark.image_size`` squared (``benchmark.image_resize: square``) or as
+  ViLT does, shorter side ``image_size``, sides multiples of 32 (``vilt``; batches are then padded
+  with a pixel mask, :mod:`cmml.data.vilt_input`);
 - a bad sample (no text, no image file, an undecodable image, no label among the used classes) is
   handled by ``benchmark.on_bad_sample``: ``fail`` stops with its source (file and entry), ``skip``
   leaves it out and counts it per split and reason in the manifest (the first few sources too);
@@ -70,12 +72,13 @@ def check_keys(bench: dict[str, Any], where: str, required: dict[str, type | tup
             raise ConfigError(f"{where}: key 'benchmark.{key}' must be one of {list(allowed)}, got {bench.get(key)!r}")
 
 
-COMMON_KEYS: dict[str, type | tuple[type, ...]] = {"vocab": str, "on_bad_sample": str}
+COMMON_KEYS: dict[str, type | tuple[type, ...]] = {"vocab": str, "on_bad_sample": str, "image_resize": str}
+RESIZES = ("square", "vilt")
 
 
 def check_common(bench: dict[str, Any], where: str) -> None:
-    """The keys every real benchmark reads: ``vocab`` and ``on_bad_sample``."""
-    check_keys(bench, where, COMMON_KEYS, {"on_bad_sample": POLICIES})
+    """The keys every real benchmark reads: ``vocab``, ``on_bad_sample`` and ``image_resize``."""
+    check_keys(bench, where, COMMON_KEYS, {"on_bad_sample": POLICIES, "image_resize": RESIZES})
 
 
 def vocab_path(bench: dict[str, Any]) -> Path:
@@ -247,19 +250,27 @@ class _Skips:
                 for s in SPLITS}
 
 
-def encode_image(blob: bytes, size: int) -> bytes:
-    """PNG bytes of the RGB image ``blob`` resized to ``size`` squared (bicubic); OSError/ValueError if undecodable."""
+def encode_image(blob: bytes, size: int, resize: str) -> bytes:
+    """PNG bytes of the RGB image ``blob`` resized (bicubic) to ``size`` squared (``square``) or as ViLT does
+    with shorter side ``size`` (``vilt``, :func:`cmml.data.vilt_input.vilt_size`); OSError/ValueError if undecodable."""
     from PIL import Image
+
+    from cmml.data.vilt_input import vilt_size
 
     with Image.open(io.BytesIO(blob)) as img:
         img.load()
-        rgb = img.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
+        rgb = img.convert("RGB")
+        h, w = (size, size) if resize == "square" else vilt_size(rgb.height, rgb.width, size)
+        if not (h and w):
+            raise ValueError(f"a {rgb.width}x{rgb.height} image is too elongated for ViLT's resize at {size}")
+        rgb = rgb.resize((w, h), Image.Resampling.BICUBIC)
     buf = io.BytesIO()
     rgb.save(buf, format="PNG")
     return buf.getvalue()
 
 
-def _converted(records: Iterable[Record], size: int, skips: _Skips, digest: Any) -> Iterator[tuple[Record, bytes]]:
+def _converted(records: Iterable[Record], size: int, resize: str, skips: _Skips,
+               digest: Any) -> Iterator[tuple[Record, bytes]]:
     for rec in records:
         if rec.split not in SPLITS:
             raise DataError(f"{rec.source}: unknown split {rec.split!r}; expected one of {list(SPLITS)}")
@@ -277,7 +288,7 @@ def _converted(records: Iterable[Record], size: int, skips: _Skips, digest: Any)
             skips.bad(rec, "image file not found", str(rec.image))
             continue
         try:
-            png = encode_image(blob, size)
+            png = encode_image(blob, size, resize)
         except (OSError, ValueError, SyntaxError) as exc:
             skips.bad(rec, "unreadable image", f"{type(exc).__name__}: {exc}")
             continue
@@ -285,7 +296,7 @@ def _converted(records: Iterable[Record], size: int, skips: _Skips, digest: Any)
         yield rec, png
 
 
-def _write_splits(out: Path, records: Iterable[Record], size: int, skips: _Skips, digest: Any,
+def _write_splits(out: Path, records: Iterable[Record], size: int, resize: str, skips: _Skips, digest: Any,
                   grouped: bool) -> dict[str, int]:
     """Stream the converted records into one parquet file per split (row groups of ``ROW_GROUP``)."""
     import pyarrow as pa
@@ -307,7 +318,7 @@ def _write_splits(out: Path, records: Iterable[Record], size: int, skips: _Skips
             rows[split] = []
 
     try:
-        for rec, png in _converted(records, size, skips, digest):
+        for rec, png in _converted(records, size, resize, skips, digest):
             row = (f"{rec.split}-{counts[rec.split]:06d}", png, rec.text, list(rec.labels), rec.labels[0], rec.source_id)
             rows[rec.split].append((*row, rec.group or rec.source_id) if grouped else row)
             counts[rec.split] += 1
@@ -343,7 +354,7 @@ def convert(out: Path, bench: dict[str, Any], bench_id: str, records: Iterable[R
     shutil.copyfile(vocab, out / VOCAB_FILE)
     tokenizer = load_tokenizer(out / VOCAB_FILE, bench["max_text_len"])
     skips, digest = _Skips(bench["on_bad_sample"]), hashlib.sha256()
-    counts = _write_splits(out, records, bench["image_size"], skips, digest, grouped)
+    counts = _write_splits(out, records, bench["image_size"], bench["image_resize"], skips, digest, grouped)
     empty = [s for s in SPLITS if not counts[s]]
     if empty:
         raise DataError(f"{', '.join(str(p) for p in sources.values())}: no usable sample in split(s) {empty} ({layout} layout); "
@@ -359,7 +370,7 @@ def convert(out: Path, bench: dict[str, Any], bench_id: str, records: Iterable[R
     manifest = {
         "benchmark": bench_id, "name": bench["name"], "layout": layout, "num_classes": num_classes,
         "class_names": list(class_names), "label_type": label_type, "modalities": ["image", "text"],
-        "image_size": bench["image_size"], "splits": splits, "grouped": grouped,
+        "image_size": bench["image_size"], "image_resize": bench["image_resize"], "splits": splits, "grouped": grouped,
         "vocab": {"file": VOCAB_FILE, "sha256": hash_file(out / VOCAB_FILE)["sha256"], "size": len(words),
                   "source": str(bench["vocab"])},
         "text": {"max_text_len": bench["max_text_len"], **text_stats},
