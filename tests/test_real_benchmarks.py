@@ -237,3 +237,14 @@ def test_grouped_codes_share_a_film_and_keep_the_rate() -> None:
     film_codes = [next(iter(per_film[f"film{i}"])) for i in range(100)]
     assert film_codes == draw_map(100, 0.7, "both", 0.5, random.Random(1))
     assert sum(c != 0 for c in film_codes) == 70 and film_codes.count(2) == 35
+
+
+def test_manual_steps_are_exact_messages(tmp_path: Path, voc: Path) -> None:
+    """No public URL (licence, dead host): the error says which file, from where, to which path, what is checked."""
+    with pytest.raises(DataError, match=r"hm/train.jsonl.*not found. To obtain them: accept the licence .*"
+                                        r"hm/img/ holds the PNG files.*test_seen.jsonl.*sha256"):
+        prepare(tmp_path, bench_params("hateful_memes", tmp_path / "hm", voc, layout="raw", num_classes=2))
+    food = tmp_path / "food"
+    (food / "images" / "train" / "cake").mkdir(parents=True)
+    with pytest.raises(DataError, match=r"food/texts/train_titles.csv: not found; the titles' original host is gone"):
+        prepare(tmp_path, bench_params("food101", food, voc, layout="raw", drop_class=""))

@@ -4,6 +4,10 @@
 
 - ``raw``: ``<root>/images/<id>.jpeg``, ``<root>/labels/<id>.json`` (``plot``: list of strings,
   ``genres``: list of names) and ``<root>/split.json`` (``train``/``dev``/``test`` id lists; dev is val);
+  images and labels may also sit together in ``<root>/dataset/``, as the archive ships them. When
+  ``<root>`` is absent, ``mmimdb.tar.gz`` beside it is verified (sha256 recorded on first use) or
+  downloaded (resumable; archive.org mirror, then the original host) and extracted
+  (:mod:`cmml.data.acquire`);
 - ``arrow``: MAP's ``<root>/mmimdb_{train,dev,test}.arrow`` (columns ``image``, ``plots``, ``label``,
   ``genres``, ``image_id``, ``split``);
 - ``cmml_manifest``: RebQ's MM-IMDB-CMML JSON (``benchmark.manifest``, images under ``<root>/images``).
@@ -24,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from cmml.data.acquire import ensure_archive
 from cmml.data.benchmarks.base import Benchmark, RawFile
 from cmml.data.benchmarks.realdata import (
     Record,
@@ -41,8 +46,14 @@ from cmml.errors import ConfigError, DataError
 GENRES = ("Drama", "Comedy", "Romance", "Thriller", "Crime", "Action", "Adventure", "Horror", "Documentary",
           "Mystery", "Sci-Fi", "Fantasy", "Family", "Biography", "War", "History", "Music", "Animation", "Musical",
           "Western", "Sport", "Short", "Film-Noir")
-URL = "https://archive.org/download/mmimdb/mmimdb.tar.gz"
+URL = "https://archive.org/download/mmimdb/mmimdb.tar.gz"  # the archive.org mirror
+ORIGINAL_URL = "http://lisi1.unal.edu.co/mmimdb/mmimdb.tar.gz"  # the gmu-mmimdb project's own host
 ARROW_SPLITS = ("train", "dev", "test")
+
+
+def first_existing(path: Path, alternative: Path) -> Path:
+    """``path`` (MAP's layout), or ``alternative`` (the archive's own ``dataset/`` folder) when only that exists."""
+    return alternative if not path.exists() and alternative.exists() else path
 
 
 def film_records(split: str, source: str, film: str, image: Path | bytes, plots: list[str], genres: list[str],
@@ -102,6 +113,7 @@ class MMIMDb(Benchmark):
                            task_policy={"rule": "the manifest's task_id", "class_order": man.class_order,
                                         "offsets": man.offsets})
         if bench["layout"] == "raw":
+            ensure_archive(root, root.with_name("mmimdb.tar.gz"), [URL, ORIGINAL_URL])
             sources = {"split.json": root / "split.json"}
             records = self._raw(root, bench)
         else:
@@ -122,12 +134,12 @@ class MMIMDb(Benchmark):
         for name, ids in splits.items():
             split = split_of(name, str(split_file))
             for film in ids:
-                label_file = root / "labels" / f"{film}.json"
+                label_file = first_existing(root / "labels" / f"{film}.json", root / "dataset" / f"{film}.json")
                 info = read_json_file(label_file, f"labels of film {film} (listed in {split_file} under {name!r})")
                 if not isinstance(info, dict) or not isinstance(info.get("genres"), list):
                     raise DataError(f"{label_file}: expected an object with a 'genres' list")
                 plots = info.get("plot") or []
-                image = root / "images" / f"{film}.jpeg"
+                image = first_existing(root / "images" / f"{film}.jpeg", root / "dataset" / f"{film}.jpeg")
                 yield from film_records(split, f"{split_file}: {name} id {film}", film, image, list(plots),
                                         info["genres"], bench)
 
