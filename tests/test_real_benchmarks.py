@@ -246,5 +246,6 @@ def test_manual_steps_are_exact_messages(tmp_path: Path, voc: Path) -> None:
         prepare(tmp_path, bench_params("hateful_memes", tmp_path / "hm", voc, layout="raw", num_classes=2))
     food = tmp_path / "food"
     (food / "images" / "train" / "cake").mkdir(parents=True)
+    (tmp_path / "f").mkdir()
     with pytest.raises(DataError, match=r"food/texts/train_titles.csv: not found; the titles' original host is gone"):
-        prepare(tmp_path, bench_params("food101", food, voc, layout="raw", drop_class=""))
+        prepare(tmp_path / "f", bench_params("food101", food, voc, layout="raw", drop_class=""))
