@@ -265,7 +265,7 @@ def encode_image(blob: bytes, size: int, resize: str) -> bytes:
             raise ValueError(f"a {rgb.width}x{rgb.height} image is too elongated for ViLT's resize at {size}")
         rgb = rgb.resize((w, h), Image.Resampling.BICUBIC)
     buf = io.BytesIO()
-    rgb.save(buf, format="PNG")
+    rgb.save(buf, format="PNG", compress_level=1)  # lossless either way; level 1 encodes ~3x faster than 6
     return buf.getvalue()
 
 
