@@ -171,7 +171,7 @@ def run(stage: Stage, params: dict[str, Any]) -> None:
     num_classes = int(manifest["num_classes"])
     if manifest["label_type"] == "binary":
         raise DataError(f"{data_dir / MANIFEST}: {manifest['benchmark']} is a binary benchmark; its two classes cannot "
-                        "be split into class-incremental tasks, so the continual families exclude it (docs/data.md §3.3)")
+                        "be split into class-incremental tasks, so the continual families exclude it (docs/data.md §3.4)")
     if num_tasks > num_classes:
         raise DataError(f"{data_dir / MANIFEST}: {num_classes} classes cannot fill tasks.num_tasks={num_tasks} tasks")
     order, offsets = policy_split(manifest, data_dir / MANIFEST, num_tasks, order_seed)
