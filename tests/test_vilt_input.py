@@ -109,7 +109,8 @@ def test_prepared_vilt_images_batch_like_the_processor(tmp_path) -> None:
     order, offsets = policy_split(read_manifest(out), out, 2, 0)
     write_json(tmp_path / "tasks" / "tasks.json", {"num_tasks": 2, "num_classes": 4, "class_order": order,
                                                   "class_names": ["a", "b", "c", "d"], "offsets": offsets})
-    batch = load_split(out, tmp_path / "tasks", "train", load_tokenizer(voc, 12)).batch(torch.arange(3))
+    split = load_split(out, tmp_path / "tasks", "train", load_tokenizer(voc, 12))
+    batch = split.batch(torch.arange(3))
     samples = json.loads(path.read_text())["samples"]
     originals = [Image.open(tmp_path / "mine" / samples[k]["image"]) for k in range(3)]  # 24x16, 16x16, 24x16
     ref = ViltImageProcessorPil(size={"shortest_edge": 64})(originals, return_tensors="pt")
@@ -117,3 +118,13 @@ def test_prepared_vilt_images_batch_like_the_processor(tmp_path) -> None:
     torch.testing.assert_close(batch.pixel_values, ref["pixel_values"], atol=1e-6, rtol=0)
     assert torch.equal(batch.pixel_mask, ref["pixel_mask"])
     assert batch.empty_pixel_mask[:, :64].all() and not batch.empty_pixel_mask[:, 64:].any()
+    moved = batch.rows(torch.tensor([2, 0])).to("cpu")  # what DDP ranks and device moves do
+    assert torch.equal(moved.pixel_mask, batch.pixel_mask[[2, 0]])
+    from dataclasses import replace
+
+    from cmml.data.dataset import Loading
+    in_process = list(split.batches(5, shuffle=False))
+    workers = list(replace(split, loading=Loading(num_workers=1)).batches(5, shuffle=False))  # the CUDA path's workers
+    assert len(in_process) == len(workers) == 3
+    for a, b in zip(in_process, workers):
+        assert torch.equal(a.pixel_values, b.pixel_values) and torch.equal(a.pixel_mask, b.pixel_mask)
