@@ -271,6 +271,7 @@ def encode_image(blob: bytes, size: int, resize: str) -> bytes:
 
 def _converted(records: Iterable[Record], size: int, resize: str, skips: _Skips,
                digest: Any) -> Iterator[tuple[Record, bytes]]:
+    last: tuple[Any, bytes] | None = None  # consecutive records of one image (a film's plots) share its PNG
     for rec in records:
         if rec.split not in SPLITS:
             raise DataError(f"{rec.source}: unknown split {rec.split!r}; expected one of {list(SPLITS)}")
@@ -288,10 +289,11 @@ def _converted(records: Iterable[Record], size: int, resize: str, skips: _Skips,
             skips.bad(rec, "image file not found", str(rec.image))
             continue
         try:
-            png = encode_image(blob, size, resize)
+            png = last[1] if last is not None and last[0] == rec.image else encode_image(blob, size, resize)
         except (OSError, ValueError, SyntaxError) as exc:
             skips.bad(rec, "unreadable image", f"{type(exc).__name__}: {exc}")
             continue
+        last = (rec.image, png)
         digest.update(f"{rec.split}|{rec.source_id}|{hashlib.sha256(blob).hexdigest()}\n".encode())
         yield rec, png
 
