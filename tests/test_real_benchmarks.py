@@ -12,7 +12,6 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 from realfixtures import (
-    FILMS,
     bench_params,
     food_map_json,
     food_raw,

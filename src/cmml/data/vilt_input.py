@@ -67,6 +67,6 @@ def interpolate_positions(weight: torch.Tensor, length: int) -> torch.Tensor:
     """[length, D] text position embeddings stretched from ``weight`` [P, D] (bilinear, align_corners)."""
     import torch.nn.functional as F
 
-    p, d = weight.shape
+    d = weight.shape[1]
     return F.interpolate(weight.detach().float()[None, None], size=(length, d), mode="bilinear",
                          align_corners=True)[0, 0].to(weight.dtype)
