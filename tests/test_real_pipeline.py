@@ -97,3 +97,10 @@ def test_mmimdb_raw_end_to_end_with_film_codes(project: Path) -> None:
         assert all(len(c) == 1 for c in codes.values()), table["file"]  # one code per film
     scores = json.loads(Path("runs/cmml/mmimdb/both70/rebq/seed42/eval/scores.json").read_text())
     assert scores["metric"] == "f1_macro" and set(scores["rows"]["task0"]) >= {"f1_samples", "f1_weighted"}
+
+
+@pytest.mark.parametrize("preset", sorted(p.name for p in (ROOT / "presets").glob("*.yaml")))
+def test_presets_are_complete_valid_params_files(preset: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every preset passes `cmml check` (shared sections, benchmark keys, every run's hyper-parameters)."""
+    assert main(["check", "--params", str(ROOT / "presets" / preset)]) == 0
+    assert "valid" in capsys.readouterr().out
