@@ -108,7 +108,8 @@ def synthetic_batch(n: int, vocab: int, text_len: int, image_size: int, num_clas
     return SimpleNamespace(pixel_values=pix, input_ids=ids, attention_mask=mask, codes=codes,
                            labels=torch.randint(0, num_classes, (n,), generator=g),
                            tasks=torch.zeros(n, dtype=torch.long),
-                           empty_ids=empty_ids, empty_mask=empty_mask, empty_pixels=torch.ones(3, image_size, image_size))
+                           empty_ids=empty_ids, empty_mask=empty_mask, empty_pixels=torch.ones(3, image_size, image_size),
+                           pixel_mask=None, empty_pixel_mask=None)  # fixed-size images
 
 
 def rebq_hparams(**over: Any) -> dict[str, Any]:

@@ -94,3 +94,22 @@ def test_absent_hub_id_is_one_clear_error(project: Path, monkeypatch: pytest.Mon
     err = capsys.readouterr().err
     assert "backbone.pretrained = 'acme/not-here'" in err and "local Hugging Face cache" in err
     assert not Path("runs/data/backbones/acme--not-here").exists()
+
+
+def test_text_positions_interpolated_to_max_text_len(tmp_path: Path) -> None:
+    """A backbone with fewer text positions than benchmark.max_text_len (ViLT: 40) is stretched as MAP does."""
+    import torch
+
+    from cmml.data.vilt_input import interpolate_positions
+    from cmml.models.backbone import load_backbone
+    from cmml.models.import_backbone import stretch_positions
+
+    tiny = {"hidden_size": 32, "num_layers": 2, "num_heads": 4, "intermediate_size": 64, "patch_size": 8}
+    vilt = new_vilt(tiny_config(30, 10, 32, tiny))
+    before = {k: v.clone() for k, v in vilt.state_dict().items()}
+    stretch_positions(vilt, 24, tmp_path)
+    after = load_backbone(tmp_path).vilt
+    key = "embeddings.text_embeddings.position_embeddings.weight"
+    assert after.config.max_position_embeddings == 24
+    torch.testing.assert_close(after.state_dict()[key], interpolate_positions(before[key], 24))
+    assert all(torch.equal(after.state_dict()[k], v) for k, v in before.items() if k != key)

@@ -15,12 +15,21 @@ ROOT = Path(__file__).resolve().parents[1]
 KNOWN_MODALITIES = {"image", "text", "audio", "video"}
 
 
+PRESET = {"embedded": "params.yaml", "food101": "presets/rebq_food101.yaml", "mmimdb": "presets/rebq_mmimdb.yaml",
+          "manifest": "presets/user_manifest.yaml"}
+HATEFUL = {"name": "hateful_memes", "layout": "raw", "root": "data/hateful_memes", "vocab": "models/vilt-b32-mlm",
+           "on_bad_sample": "fail", "image_resize": "vilt"}
+
+
 @pytest.mark.parametrize("name", sorted(BENCHMARKS))
 def test_registered_benchmark_declares_the_interface(name: str) -> None:
     b = load(module_of(name))
     assert isinstance(b, Benchmark) and b.NAME == name and b.TASK_POLICY
     assert b.MODALITIES and set(b.MODALITIES) <= KNOWN_MODALITIES and len(set(b.MODALITIES)) == len(b.MODALITIES)
-    for f in b.raw_files(yaml.safe_load((ROOT / "params.yaml").read_text())["benchmark"]):
+    bench = yaml.safe_load((ROOT / PRESET[name]).read_text())["benchmark"] if name in PRESET else HATEFUL
+    b.validate(bench, PRESET.get(name, "params.yaml"))
+    assert b.label_type(bench) in LABEL_TYPES
+    for f in b.raw_files(bench):
         assert f.path and f.source and not Path(f.path).is_absolute()
 
 
@@ -37,8 +46,8 @@ def test_embedded_label_types_and_metrics() -> None:
 
 
 def test_unknown_benchmark_names_the_known_ones() -> None:
-    with pytest.raises(ConfigError, match=r"no such benchmark in this version; known: \['embedded'\]"):
-        module_of("food101")
+    with pytest.raises(ConfigError, match=r"no such benchmark in this version; known: \['embedded', 'food101', "):
+        module_of("imagenet")
 
 
 def test_embedded_prepare_refuses_to_cut_captions(tmp_path: Path) -> None:

@@ -83,10 +83,11 @@ def normalised(images: torch.Tensor) -> torch.Tensor:
 
 
 def same(a: Batch, b: Batch) -> bool:
-    """Every field equal: same dtypes, shapes and values."""
-    return a.modalities == b.modalities and all(
-        getattr(a, f.name).dtype == getattr(b, f.name).dtype and torch.equal(getattr(a, f.name), getattr(b, f.name))
-        for f in fields(Batch) if f.name != "modalities")
+    """Every field equal: same dtypes, shapes and values (absent pixel masks on both sides)."""
+    def eq(x: torch.Tensor | None, y: torch.Tensor | None) -> bool:
+        return x is None and y is None or x is not None and y is not None and x.dtype == y.dtype and torch.equal(x, y)
+    return a.modalities == b.modalities and all(eq(getattr(a, f.name), getattr(b, f.name))
+                                                for f in fields(Batch) if f.name != "modalities")
 
 
 def rewrite(root: Path, split: str, edit: Callable[[pa.Table], pa.Table], **write: Any) -> Path:

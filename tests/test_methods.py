@@ -37,7 +37,7 @@ def batch(task: int, n: int = 6) -> SimpleNamespace:
     return SimpleNamespace(input_ids=torch.randint(5, 40, (n, 10), generator=g), attention_mask=torch.ones(n, 10, dtype=torch.long),
                            pixel_values=torch.randn(n, 3, 16, 16, generator=g),
                            labels=torch.randint(INFO.offsets[task], INFO.offsets[task + 1], (n,), generator=g),
-                           codes=torch.zeros(n, dtype=torch.long))
+                           codes=torch.zeros(n, dtype=torch.long), pixel_mask=None)
 
 
 def steps(method: FineTune, task: int, n: int = 5) -> None:

@@ -136,7 +136,7 @@ def test_f1_macro_counts_absent_labels_as_zero() -> None:
     # micro: TP=3 FP=1 FN=1 -> 6/8 = 75 %.
     assert M.f1_micro(logits, Y) == pytest.approx(75.0)
     got = M.score(logits, Y, multilabel=True)
-    assert got == {"f1_macro": pytest.approx(50.0), "f1_micro": pytest.approx(75.0)}
+    assert {k: got[k] for k in ("f1_macro", "f1_micro")} == {"f1_macro": pytest.approx(50.0), "f1_micro": pytest.approx(75.0)}
 
 
 def test_f1_treats_inputs_as_logits_even_inside_unit_interval() -> None:
@@ -167,3 +167,17 @@ def test_binary_auroc_matches_a_hand_count() -> None:
     two = torch.stack([torch.zeros(4), logits], dim=1)  # softmax column 1 = sigmoid(logit)
     assert auroc(two, torch.tensor([0, 0, 1, 1])) == pytest.approx(75.0)
     assert math.isnan(auroc(logits, torch.tensor([1, 1, 1, 1])))
+
+
+def test_f1_samples_and_weighted_by_hand() -> None:
+    """MM-IMDb's secondary F1s: per-sample average (empty-vs-empty scores 0) and positive-weighted average."""
+    from cmml.eval.metrics import f1_samples, f1_weighted, score
+
+    big = 10.0
+    logits = [[big, -big, -big], [big, big, -big], [-big, -big, -big]]  # predictions {0}, {0,1}, {}
+    labels = [[1, 0, 0], [1, 0, 1], [0, 0, 0]]
+    # per sample: 1.0; 2*1/(2+2) = 0.5; empty/empty = 0
+    assert f1_samples(logits, labels) == pytest.approx(100 * 1.5 / 3)
+    # per label: label0 F1 = 1 (2 positives), label1 F1 = 0 (0 positives), label2 F1 = 0 (1 positive)
+    assert f1_weighted(logits, labels) == pytest.approx(100 * (1.0 * 2 + 0.0 * 1) / 3)
+    assert set(score(logits, labels, multilabel=True)) == {"f1_macro", "f1_micro", "f1_samples", "f1_weighted"}

@@ -230,9 +230,9 @@ def injections(m: Method, monkeypatch: pytest.MonkeyPatch) -> list[Injection | N
     seen: list[Injection | None] = []
     forward = m.backbone.forward
 
-    def wrapped(ids, mask, pix, inject=None):
+    def wrapped(ids, mask, pix, inject=None, pixel_mask=None):
         seen.append(inject)
-        return forward(ids, mask, pix, inject)
+        return forward(ids, mask, pix, inject, pixel_mask=pixel_mask)
 
     monkeypatch.setattr(m.backbone, "forward", wrapped)
     return seen

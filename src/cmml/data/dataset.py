@@ -45,6 +45,7 @@ from cmml.data.missing import load_codes
 from cmml.data.modality import MAP_MODALITIES, codes_to_present, present_to_codes
 from cmml.data.tasks import load_tasks, read_manifest, read_table
 from cmml.data.tokenizer import PAD_ID, TextTokenizer
+from cmml.data.vilt_input import pad_batch
 from cmml.errors import ConfigError, DataError
 
 
@@ -62,6 +63,8 @@ class Batch:
     empty_mask: torch.Tensor  # int64 [L]
     empty_pixels: torch.Tensor  # float32 [3,H,W]: the missing-image fill
     modalities: tuple[str, ...]  # column names of ``present``
+    pixel_mask: torch.Tensor | None = None  # int64 [B,H,W], 1 = real pixel; variable-size images only (None: fixed size)
+    empty_pixel_mask: torch.Tensor | None = None  # int64 [H,W]: the missing-image fill's pixel mask
 
     @property
     def codes(self) -> torch.Tensor:
@@ -69,7 +72,8 @@ class Batch:
         return present_to_codes(self.present, self.modalities)
 
     def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Batch:
-        tensors = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "modalities"}
+        tensors = {f.name: getattr(self, f.name) for f in fields(self)
+                   if f.name != "modalities" and getattr(self, f.name) is not None}
         return replace(self, **{name: fn(t) for name, t in tensors.items()})
 
     def to(self, device: torch.device | str) -> Batch:
@@ -78,7 +82,8 @@ class Batch:
 
     def rows(self, index: torch.Tensor) -> Batch:
         """The samples at ``index`` (the fills are shared, the text length is kept)."""
-        per_row = ("pixel_values", "input_ids", "attention_mask", "labels", "present", "tasks")
+        per_row = ("pixel_values", "input_ids", "attention_mask", "labels", "present", "tasks",
+                   *(("pixel_mask",) if self.pixel_mask is not None else ()))
         return replace(self, **{name: getattr(self, name)[index.to(getattr(self, name).device)] for name in per_row})
 
     def pin_memory(self) -> Batch:
@@ -147,14 +152,15 @@ class _LRU:
             self.used -= self._items.popitem(last=False)[1][1]
 
 
-def decode_image(blob: bytes, size: int, where: Path, row: int) -> torch.Tensor:
-    """uint8 [3,size,size] of encoded image bytes; DataError naming ``where`` and ``row`` otherwise."""
+def decode_image(blob: bytes, size: int | None, where: Path, row: int) -> torch.Tensor:
+    """uint8 [3,size,size] of encoded image bytes (any size when ``size`` is None); DataError naming
+    ``where`` and ``row`` otherwise."""
     try:
         img = Image.open(io.BytesIO(blob))
         pixels = np.array(img if img.mode == "RGB" else img.convert("RGB"))
     except (OSError, ValueError) as exc:
         raise DataError(f"{where}: row {row} holds an undecodable image: {exc}") from None
-    if pixels.shape != (size, size, 3):
+    if size is not None and pixels.shape != (size, size, 3):
         raise DataError(f"{where}: row {row} image is {pixels.shape[1]}x{pixels.shape[0]}, manifest says {size}x{size}")
     return torch.from_numpy(pixels).permute(2, 0, 1)
 
@@ -167,7 +173,7 @@ class ImageStore:
     decoded images; the row group just read always stays).
     """
 
-    def __init__(self, path: Path, size: int, cache_bytes: int):
+    def __init__(self, path: Path, size: int | None, cache_bytes: int):
         import pyarrow.parquet as pq
 
         self.path, self.size, self.cache_bytes = Path(path), size, cache_bytes
@@ -225,6 +231,7 @@ class SplitData(Dataset):
     num_classes: int
     fill: Fill
     loading: Loading
+    variable_size: bool = False  # images keep ViLT's per-image size: batches are padded with a pixel mask
 
     def __len__(self) -> int:
         return len(self.sample_ids)
@@ -266,10 +273,16 @@ class SplitData(Dataset):
         """The batch of ``items`` (from :meth:`__getitem__`), fill applied, text trimmed."""
         idx = torch.tensor([i for i, _ in items], dtype=torch.int64)
         present = self.present[idx]
-        pixels = self.fill.pixels.expand(len(items), -1, -1, -1).clone()
-        has_image = torch.tensor([img is not None for _, img in items], dtype=torch.bool)
-        if bool(has_image.any()):
-            pixels[has_image] = torch.stack([img for _, img in items if img is not None]).float().div_(127.5).sub_(1.0)
+        pixel_mask = empty_pixels = empty_pixel_mask = None
+        if self.variable_size:
+            images = [self.fill.pixels if img is None else img.float().div_(127.5).sub_(1.0) for _, img in items]
+            pixels, masks = pad_batch([self.fill.pixels, *images])  # the canvas always holds the fill
+            empty_pixels, empty_pixel_mask, pixels, pixel_mask = pixels[0], masks[0], pixels[1:], masks[1:]
+        else:
+            pixels = self.fill.pixels.expand(len(items), -1, -1, -1).clone()
+            has_image = torch.tensor([img is not None for _, img in items], dtype=torch.bool)
+            if bool(has_image.any()):
+                pixels[has_image] = torch.stack([img for _, img in items if img is not None]).float().div_(127.5).sub_(1.0)
         ids, mask = self.input_ids[idx], self.attention_mask[idx]  # copies
         text_missing = ~present[:, self.modalities.index("text")]
         ids[text_missing] = self.fill.ids
@@ -278,7 +291,9 @@ class SplitData(Dataset):
         return Batch(pixel_values=pixels, input_ids=ids[:, :length].contiguous(),
                      attention_mask=mask[:, :length].contiguous(), labels=self.labels[idx], present=present,
                      tasks=self.tasks[idx], empty_ids=self.fill.ids[:length].clone(),
-                     empty_mask=self.fill.mask[:length].clone(), empty_pixels=self.fill.pixels, modalities=self.modalities)
+                     empty_mask=self.fill.mask[:length].clone(),
+                     empty_pixels=self.fill.pixels if empty_pixels is None else empty_pixels, modalities=self.modalities,
+                     pixel_mask=pixel_mask, empty_pixel_mask=empty_pixel_mask)
 
     def batch(self, idx: torch.Tensor) -> Batch:
         """Rows ``idx`` as one batch, in this process."""
@@ -311,6 +326,7 @@ def load_split(data_dir: Path, tasks_dir: Path, split: str, tokenizer: TextToken
                         f"has {manifest['num_classes']} (re-run the tasks stage)")
     multilabel = manifest["label_type"] == "multi"
     size = int(manifest["image_size"])
+    variable = manifest.get("image_resize") == "vilt"
     fill_policy = Fill.make(fill, tokenizer, size)
     columns = ["sample_id", "text", "primary"] + (["labels"] if multilabel else [])
     table = read_table(data_dir, split, manifest, columns=columns)  # not the images
@@ -338,9 +354,9 @@ def load_split(data_dir: Path, tasks_dir: Path, split: str, tokenizer: TextToken
         for t in np.unique(tasks).tolist():
             rows = np.flatnonzero(tasks == t)
             codes[rows] = load_codes(Path(missing_dir), t, split, [sample_ids[i] for i in rows])
-    store = ImageStore(data_dir / manifest["splits"][split]["file"], size, loading.cache_mb * 2**20)
+    store = ImageStore(data_dir / manifest["splits"][split]["file"], None if variable else size, loading.cache_mb * 2**20)
     return SplitData(sample_ids=sample_ids, rows=torch.from_numpy(keep.astype(np.int64)), images=store, input_ids=ids,
                      attention_mask=mask, labels=labels, primary=torch.from_numpy(primary.copy()),
                      tasks=torch.from_numpy(tasks.copy()), present=codes_to_present(torch.from_numpy(codes)),
                      modalities=MAP_MODALITIES, multilabel=multilabel, num_classes=num_classes, fill=fill_policy,
-                     loading=loading)
+                     loading=loading, variable_size=variable)

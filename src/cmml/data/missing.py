@@ -70,11 +70,25 @@ def _csv(sample_ids: list[str], codes: list[int]) -> bytes:
     return ("sample_id,code\n" + "".join(f"{s},{c}\n" for s, c in zip(sample_ids, codes))).encode("utf-8")
 
 
-def split_task_ids(data_dir: Path, manifest: dict[str, Any], tsplit: TaskSplit, split: str) -> tuple[list[str], np.ndarray]:
-    """Sample ids of a split (parquet row order) and the task of each row."""
-    table = read_table(data_dir, split, manifest, columns=["sample_id", "primary"])
+def split_task_ids(data_dir: Path, manifest: dict[str, Any], tsplit: TaskSplit,
+                   split: str) -> tuple[list[str], np.ndarray, list[str] | None]:
+    """Sample ids of a split (parquet row order), the task of each row and, for grouped data, each row's group."""
+    grouped = bool(manifest.get("grouped"))
+    table = read_table(data_dir, split, manifest, columns=["sample_id", "primary", *(["group"] if grouped else [])])
     primary = table.column("primary").to_numpy()
-    return table.column("sample_id").to_pylist(), tsplit.tasks_of(tsplit.remap[primary])
+    groups = table.column("group").to_pylist() if grouped else None
+    return table.column("sample_id").to_pylist(), tsplit.tasks_of(tsplit.remap[primary]), groups
+
+
+def draw_grouped(groups: list[str], ratio: float, mtype: str, both_ratio: float, rng: random.Random | Any) -> list[int]:
+    """MAP's table drawn over the distinct groups (first-appearance order), each row taking its group's code.
+
+    All plots of a film thus share one code, and the share of films missing a modality equals the
+    setting's ratio (docs/data.md §1.2).
+    """
+    unique = list(dict.fromkeys(groups))
+    codes = dict(zip(unique, draw_map(len(unique), ratio, mtype, both_ratio, rng)))
+    return [codes[g] for g in groups]
 
 
 def run(stage: Stage, params: dict[str, Any]) -> None:
@@ -99,10 +113,14 @@ def run(stage: Stage, params: dict[str, Any]) -> None:
                 for split in SPLITS:
                     block = cfg["train" if split == "train" else "test"]
                     mtype, ratio, both = block["type"], float(block["ratio"]), float(cfg["both_ratio"])
-                    ids_all, tasks = rows[split]
-                    ids = [ids_all[i] for i in np.flatnonzero(tasks == task)]
+                    ids_all, tasks, groups = rows[split]
+                    keep = np.flatnonzero(tasks == task)
+                    ids = [ids_all[i] for i in keep]
                     rng = random if map_compat else local_rng(seed, bench, task, split)
-                    codes = draw_map(len(ids), ratio, mtype, both, rng)
+                    if groups is None:
+                        codes = draw_map(len(ids), ratio, mtype, both, rng)
+                    else:
+                        codes = draw_grouped([groups[i] for i in keep], ratio, mtype, both, rng)
                     name = table_name(bench, task, split, mtype, ratio, both, seed, len(ids))
                     blob = _csv(ids, codes)
                     (out / name).write_bytes(blob)

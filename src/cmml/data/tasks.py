@@ -130,6 +130,25 @@ def split_classes(num_classes: int, num_tasks: int, order_seed: int) -> tuple[li
     return [int(c) for c in order], offsets
 
 
+def policy_split(manifest: dict[str, Any], where: Path, num_tasks: int, order_seed: int) -> tuple[list[int], list[int]]:
+    """Class order and offsets: the manifest's ``task_policy`` when it has one (docs/data.md §6), else seeded.
+
+    A policy with ``offsets`` fixes the tasks (their number must equal ``num_tasks``); one with only
+    ``class_order`` keeps that order and cuts it into ``num_tasks`` balanced contiguous tasks.
+    """
+    policy = manifest.get("task_policy")
+    if policy is None:
+        return split_classes(int(manifest["num_classes"]), num_tasks, order_seed)
+    order = [int(c) for c in policy["class_order"]]
+    if "offsets" not in policy:
+        return order, split_classes(len(order), num_tasks, order_seed)[1]
+    offsets = [int(o) for o in policy["offsets"]]
+    if len(offsets) != num_tasks + 1:
+        raise DataError(f"{where}: the data define {len(offsets) - 1} tasks ({policy['rule']}), but tasks.num_tasks is "
+                        f"{num_tasks}; set tasks.num_tasks: {len(offsets) - 1}")
+    return order, offsets
+
+
 def load_tasks(tasks_dir: Path) -> TaskSplit:
     """The task split written by the tasks stage, checked for internal consistency."""
     path = Path(tasks_dir) / TASKS_FILE
@@ -150,12 +169,16 @@ def run(stage: Stage, params: dict[str, Any]) -> None:
     manifest = read_manifest(data_dir)
     num_tasks, order_seed = params["tasks"]["num_tasks"], params["tasks"]["order_seed"]
     num_classes = int(manifest["num_classes"])
+    if manifest["label_type"] == "binary":
+        raise DataError(f"{data_dir / MANIFEST}: {manifest['benchmark']} is a binary benchmark; its two classes cannot "
+                        "be split into class-incremental tasks, so the continual families exclude it (docs/data.md §3.4)")
     if num_tasks > num_classes:
         raise DataError(f"{data_dir / MANIFEST}: {num_classes} classes cannot fill tasks.num_tasks={num_tasks} tasks")
-    order, offsets = split_classes(num_classes, num_tasks, order_seed)
+    order, offsets = policy_split(manifest, data_dir / MANIFEST, num_tasks, order_seed)
     record = {
         "benchmark": manifest["benchmark"], "num_tasks": num_tasks, "order_seed": order_seed, "num_classes": num_classes,
         "class_order": order, "class_names": [manifest["class_names"][c] for c in order], "offsets": offsets,
+        **({"rule": manifest["task_policy"]["rule"]} if "task_policy" in manifest else {}),
     }
     with stage_run(stage, params, seed=order_seed, extra={"num_tasks": num_tasks, "offsets": offsets}) as sr:
         write_json(sr.tmp(stage.outs[0]) / TASKS_FILE, record)

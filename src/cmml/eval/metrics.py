@@ -72,6 +72,29 @@ def f1_micro(logits: Any, labels: Any) -> float:
     return _f1(logits, labels, "micro")
 
 
+def f1_samples(logits: Any, labels: Any) -> float:
+    """Multilabel F1 in %, computed per sample over its labels and averaged over samples (sigmoid,
+    threshold 0.5; scikit-learn's "samples" average). A sample with no positive and no prediction
+    scores 0 (scikit-learn's default)."""
+    import torch
+
+    x = _logits(logits)
+    y = torch.as_tensor(labels).detach().long().cpu()
+    if y.shape != x.shape:
+        raise ValueError(f"multi-hot labels must have the logits' shape {tuple(x.shape)}, got {tuple(y.shape)}")
+    if not len(y):
+        return float("nan")
+    pred, truth = torch.sigmoid(x) > 0.5, y.bool()
+    tp = (pred & truth).sum(1).double()
+    f1 = (2 * tp / (pred.sum(1) + truth.sum(1)).double()).nan_to_num(0.0)
+    return float(f1.mean()) * 100.0
+
+
+def f1_weighted(logits: Any, labels: Any) -> float:
+    """Multilabel F1 in % averaged over labels weighted by their number of positives (sigmoid, threshold 0.5)."""
+    return _f1(logits, labels, "weighted")
+
+
 def auroc(logits: Any, labels: Any) -> float:
     """Binary AUROC in % (torchmetrics) from [N, 2] logits (softmax of column 1) or [N, 1] / [N]
     logits (sigmoid); NaN when only one class is present."""
@@ -90,9 +113,10 @@ def auroc(logits: Any, labels: Any) -> float:
 
 
 def score(logits: Any, labels: Any, multilabel: bool) -> dict[str, float]:
-    """``{"f1_macro", "f1_micro"}`` for multi-hot labels, else ``{"accuracy"}``."""
+    """``{"f1_macro", "f1_micro", "f1_samples", "f1_weighted"}`` for multi-hot labels, else ``{"accuracy"}``."""
     if multilabel:
-        return {"f1_macro": f1_macro(logits, labels), "f1_micro": f1_micro(logits, labels)}
+        return {"f1_macro": f1_macro(logits, labels), "f1_micro": f1_micro(logits, labels),
+                "f1_samples": f1_samples(logits, labels), "f1_weighted": f1_weighted(logits, labels)}
     return {"accuracy": accuracy(logits, labels)}
 
 

@@ -184,7 +184,8 @@ class Method(nn.Module):
     # ---- forward ---------------------------------------------------------------------
     def features(self, batch: Any) -> Tensor:
         """[B, D] features the head classifies (default: plain backbone, text [CLS])."""
-        return self.backbone(batch.input_ids, batch.attention_mask, batch.pixel_values).text_cls
+        return self.backbone(batch.input_ids, batch.attention_mask, batch.pixel_values,
+                             pixel_mask=batch.pixel_mask).text_cls
 
     def logits(self, batch: Any) -> Tensor:
         """[B, num_classes] logits over every class of the sequence."""

@@ -69,7 +69,7 @@ class CodaPrompt(Method):
         prompts = self.pool.compose(self.pool.weights(frozen_query(self.backbone, batch)))
         prefixes = {layer: [kv] for layer, kv in self.pool.prefixes(prompts).items()}
         return self.backbone(batch.input_ids, batch.attention_mask, batch.pixel_values,
-                             Injection(prefixes=prefixes)).text_cls
+                             Injection(prefixes=prefixes), pixel_mask=batch.pixel_mask).text_cls
 
     def loss(self, batch: Any, task: int) -> tuple[Tensor, dict[str, float]]:
         """Classification loss, plus ``ortho_mu`` times the orthogonality penalty when > 0."""

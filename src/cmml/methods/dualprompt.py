@@ -82,7 +82,8 @@ class DualPrompt(Method):
         for layers, prompts in ((self.hp["g_layers"], g), (self.hp["e_layers"], e)):
             for layer, kv in split_prefixes(layers, prompts).items():
                 prefixes.setdefault(layer, []).append(kv)
-        enc = self.backbone(batch.input_ids, batch.attention_mask, batch.pixel_values, Injection(prefixes=prefixes))
+        enc = self.backbone(batch.input_ids, batch.attention_mask, batch.pixel_values, Injection(prefixes=prefixes),
+                            pixel_mask=batch.pixel_mask)
         return enc.text_cls, sim, idx
 
     def features(self, batch: Any) -> Tensor:

@@ -104,6 +104,9 @@ class ER(FineTune):
         count = min(size, seen + n)
         order = sorted(slots)
         new = ctx.data.batch(torch.tensor([slots[s] for s in order], dtype=torch.int64)).to(ctx.device)
+        if new.pixel_mask is not None:
+            raise ConfigError("er stores fixed-size images; with benchmark.image_resize: vilt (per-image sizes) use "
+                              "image_resize: square for er runs")
         at = torch.tensor(order, dtype=torch.int64, device=ctx.device)
         old_n = self.stored()
         width = max(new.input_ids.shape[1], self.memory("input_ids").shape[-1] if old_n else 0)

@@ -71,7 +71,7 @@ class L2P(Method):
         idx = self.select(sim, vote)
         tokens = self.pool.select(idx).flatten(1, 2)  # [B, top_k * length, D]
         enc = self.backbone(batch.input_ids, batch.attention_mask, batch.pixel_values,
-                            Injection(deep_prompts={0: tokens}))
+                            Injection(deep_prompts={0: tokens}), pixel_mask=batch.pixel_mask)
         return enc.text_cls, sim, idx
 
     def features(self, batch: Any) -> Tensor:

@@ -95,7 +95,7 @@ class MapPrompt(Method):
     def features(self, batch: Any) -> Tensor:
         """Text [CLS] with each sample's missing-aware prompts."""
         return self.backbone(batch.input_ids, batch.attention_mask, batch.pixel_values,
-                             self.injection(batch.codes)).text_cls
+                             self.injection(batch.codes), pixel_mask=batch.pixel_mask).text_cls
 
 
 METHOD = MapPrompt

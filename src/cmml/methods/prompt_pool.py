@@ -147,7 +147,7 @@ def split_prefixes(layers: Sequence[int], prompts: Tensor) -> dict[int, tuple[Te
 def frozen_query(backbone: Backbone, batch: Any) -> Tensor:
     """[B, D] query of the query-based prompt methods: text [CLS] of the unprompted input, no grad."""
     with torch.no_grad():
-        return backbone(batch.input_ids, batch.attention_mask, batch.pixel_values).text_cls
+        return backbone(batch.input_ids, batch.attention_mask, batch.pixel_values, pixel_mask=batch.pixel_mask).text_cls
 
 
 def check_layers(layers: Any, key: str, where: str, depth: int | None = None) -> None:

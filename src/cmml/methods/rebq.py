@@ -149,6 +149,7 @@ class RebQ(Method):
         codes = batch.codes
         b = codes.shape[0]
         ids, mask, pix, types = batch.input_ids, batch.attention_mask, batch.pixel_values, codes
+        pm = batch.pixel_mask  # None for fixed-size images
         memory: PromptPool | None = self.pools["memory"] if "memory" in self.pools else None
         src = codes.new_zeros(0)
         if train and memory is not None and self.hp["alpha"] > 0:
@@ -158,16 +159,18 @@ class RebQ(Method):
                 ids = torch.cat([ids, batch.empty_ids.expand(c, -1), ids[src]])
                 mask = torch.cat([mask, batch.empty_mask.expand(c, -1), mask[src]])
                 pix = torch.cat([pix, pix[src], batch.empty_pixels.expand_as(pix[src])])
+                if pm is not None:
+                    pm = torch.cat([pm, pm[src], batch.empty_pixel_mask.expand_as(pm[src])])
                 types = torch.cat([codes, codes.new_full((c,), 3), codes.new_full((c,), 4)])
         with torch.no_grad():
-            h0 = self.backbone(ids, mask, pix)
+            h0 = self.backbone(ids, mask, pix, pixel_mask=pm)
         q_txt, q_img = h0.text_cls[:b], h0.image_cls[:b]
         if memory is None:
             return q_txt, q_img, None
         rows = (types != 0).nonzero().squeeze(1)  # missing samples and copies: H1 with grad
         if rows.numel() == 0:
             return q_txt, q_img, None
-        h1 = self._memory_pass(memory, h0, ids, mask, pix, types, rows)
+        h1 = self._memory_pass(memory, h0, ids, mask, pix, pm, types, rows)
         txt = h0.text_cls.index_copy(0, rows, h1.text_cls)  # H1 where computed, H0 elsewhere
         img = h0.image_cls.index_copy(0, rows, h1.image_cls)
         q_txt = torch.where((codes == 1)[:, None], txt[:b], q_txt)
@@ -177,15 +180,15 @@ class RebQ(Method):
             return q_txt, q_img, None
         if self.hp["reconstruction_target"] == "h1":  # detached: its own no-grad pass saves a backward
             with torch.no_grad():
-                h1_src = self._memory_pass(memory, h0, ids, mask, pix, types, src)
+                h1_src = self._memory_pass(memory, h0, ids, mask, pix, pm, types, src)
             target = torch.cat([h1_src.text_cls, h1_src.image_cls])
         else:
             target = torch.cat([h0.text_cls[src], h0.image_cls[src]])
         pred = torch.cat([txt[b:b + c], img[b + c:]])
         return q_txt, q_img, F.mse_loss(pred.float(), target.float())
 
-    def _memory_pass(self, memory: PromptPool, h0: Encoded, ids: Tensor, mask: Tensor, pix: Tensor, types: Tensor,
-                     rows: Tensor) -> Encoded:
+    def _memory_pass(self, memory: PromptPool, h0: Encoded, ids: Tensor, mask: Tensor, pix: Tensor,
+                     pm: Tensor | None, types: Tensor, rows: Tensor) -> Encoded:
         """Steps 2-3 for ``rows``: memory prompts from the H0 queries (by type), then the H1 pass."""
         t = types[rows]
         use_txt = ((t == 0) | (t == 2) | (t == 4)).float()[None, :, None]
@@ -193,7 +196,8 @@ class RebQ(Method):
         n = rows.numel()
         alpha = memory.weights(torch.cat([h0.text_cls[rows], h0.image_cls[rows]]))
         prompts = memory.compose(alpha[:, :n] * use_txt + alpha[:, n:] * use_img)
-        return self.backbone(ids[rows], mask[rows], pix[rows], Injection(deep_prompts=memory.deep_prompts(prompts)))
+        return self.backbone(ids[rows], mask[rows], pix[rows], Injection(deep_prompts=memory.deep_prompts(prompts)),
+                             pixel_mask=None if pm is None else pm[rows])
 
     def final(self, batch: Any, q_txt: Tensor, q_img: Tensor) -> Tensor:
         """Step 6: final text [CLS] features [B, D] with the text and image pools' prefixes."""
@@ -209,7 +213,7 @@ class RebQ(Method):
             for layer, kv in pool.prefixes(prompts).items():
                 prefixes.setdefault(layer, []).append(kv)
         return self.backbone(batch.input_ids, batch.attention_mask, batch.pixel_values,
-                             Injection(prefixes=prefixes)).text_cls
+                             Injection(prefixes=prefixes), pixel_mask=batch.pixel_mask).text_cls
 
     def features(self, batch: Any) -> Tensor:
         """Evaluation features: reconstructed queries (no copies, no loss), then the final pass."""

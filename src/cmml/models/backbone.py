@@ -72,8 +72,15 @@ class Backbone(nn.Module):
         self.num_layers: int = cfg.num_hidden_layers
         self.num_heads: int = cfg.num_attention_heads
 
-    def embed(self, input_ids: Tensor, attention_mask: Tensor, pixel_values: Tensor) -> tuple[Tensor, Tensor, int]:
-        """Token embeddings [B, N, D], key mask [B, N] (bool) and text length, all patches kept."""
+    def embed(self, input_ids: Tensor, attention_mask: Tensor, pixel_values: Tensor,
+              pixel_mask: Tensor | None = None) -> tuple[Tensor, Tensor, int]:
+        """Token embeddings [B, N, D], key mask [B, N] (bool) and text length, all patches kept.
+
+        With ``pixel_mask`` [B, H, W] (1 = real pixel, images padded at the bottom and right), as in
+        ViltModel: a patch is real where the mask, resized to the patch grid (nearest), is 1; each
+        image's position embeddings are interpolated to its own real grid and padded with zeros; the
+        padding patches are masked out of attention.
+        """
         e = self.vilt.embeddings
         cfg = self.vilt.config
         text = e.text_embeddings(input_ids=input_ids)
@@ -82,22 +89,31 @@ class Backbone(nn.Module):
         grid = cfg.image_size // cfg.patch_size
         pos = e.position_embeddings
         spatial = pos[:, 1:].transpose(1, 2).reshape(1, d, grid, grid)
-        if (gh, gw) != (grid, grid):
-            spatial = F.interpolate(spatial, size=(gh, gw), mode="bilinear", align_corners=True)
+        if pixel_mask is None:
+            if (gh, gw) != (grid, grid):
+                spatial = F.interpolate(spatial, size=(gh, gw), mode="bilinear", align_corners=True)
+            spatial = spatial.expand(b, -1, -1, -1)
+            patch_mask = attention_mask.new_ones(b, gh * gw, dtype=torch.bool)
+        else:
+            grid_mask = F.interpolate(pixel_mask[:, None].float(), size=(gh, gw))[:, 0] > 0.5  # [B, gh, gw]
+            heights, widths = grid_mask[:, :, 0].sum(1).tolist(), grid_mask[:, 0, :].sum(1).tolist()
+            spatial = torch.cat([F.pad(F.interpolate(spatial, size=(h, w), mode="bilinear", align_corners=True),
+                                       (0, gw - w, 0, gh - h)) for h, w in zip(heights, widths)])
+            patch_mask = grid_mask.flatten(1)
         image = patches.flatten(2).transpose(1, 2) + spatial.flatten(2).transpose(1, 2)
         image = torch.cat([(e.cls_token + pos[:, :1]).expand(b, -1, -1), image], dim=1)
         text = text + e.token_type_embeddings.weight[0]
         image = e.dropout(image) + e.token_type_embeddings.weight[1]
         x = torch.cat([text, image], dim=1)
-        mask = torch.cat([attention_mask.bool(), attention_mask.new_ones(b, image.shape[1], dtype=torch.bool)], dim=1)
+        mask = torch.cat([attention_mask.bool(), patch_mask.new_ones(b, 1), patch_mask], dim=1)
         return x, mask, input_ids.shape[1]
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, pixel_values: Tensor,
-                inject: Injection | None = None) -> Encoded:
-        """Encode a batch, applying ``inject`` (see module docstring)."""
+                inject: Injection | None = None, pixel_mask: Tensor | None = None) -> Encoded:
+        """Encode a batch, applying ``inject`` (see module docstring); ``pixel_mask`` as in :meth:`embed`."""
         inj = inject or Injection()
         adapt = inj.adapter
-        x, mask, text_len = self.embed(input_ids, attention_mask, pixel_values)
+        x, mask, text_len = self.embed(input_ids, attention_mask, pixel_values, pixel_mask)
         if adapt is not None:
             x = adapt("embed", -1, x)
         b = x.shape[0]

@@ -55,4 +55,27 @@ def run(stage: Any, params: dict[str, Any]) -> None:
         for name in (*MODEL_FILES, *TOKENIZER_FILES):
             if (src / name).is_file():
                 shutil.copyfile(src / name, out / name)
-        load_backbone(out)  # fails here, naming the directory, if the weights do not load
+        backbone = load_backbone(out)  # fails here, naming the directory, if the weights do not load
+        positions = backbone.vilt.config.max_position_embeddings
+        if positions < int(stage.args["max_text_len"]):
+            stretch_positions(backbone.vilt, int(stage.args["max_text_len"]), out)
+            sr.extra["text_positions"] = {"pretrained": positions, "interpolated_to": int(stage.args["max_text_len"])}
+
+
+def stretch_positions(vilt: Any, length: int, out: Path) -> None:
+    """Re-save ``vilt`` into ``out`` with its text position embeddings interpolated to ``length`` (MAP's
+    stretch of ViLT's 40 positions; docs/data.md §7.1); every other weight is unchanged."""
+    from transformers import ViltModel
+
+    from cmml.data.vilt_input import interpolate_positions
+
+    config = vilt.config
+    config.max_position_embeddings = length
+    state = vilt.state_dict()
+    key = "embeddings.text_embeddings.position_embeddings.weight"
+    state[key] = interpolate_positions(state[key], length)
+    longer = ViltModel(config, add_pooling_layer=False)
+    longer.load_state_dict(state)  # strict: every weight carried over
+    for name in MODEL_FILES:
+        (out / name).unlink(missing_ok=True)
+    longer.save_pretrained(out)

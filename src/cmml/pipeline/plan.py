@@ -59,13 +59,24 @@ class DataPaths:
         return f"runs/data/backbones/{backbone_slug(self.pretrained)}"
 
 
+def local_dep(ref: str) -> str | None:
+    """``ref`` as a dependency path when it exists (repository-relative when inside the project), else None."""
+    local = Path(ref).expanduser()
+    if not local.exists():
+        return None
+    if local.resolve().is_relative_to(Path.cwd().resolve()):
+        local = local.resolve().relative_to(Path.cwd().resolve())  # provenance stays repository-relative
+    return local.as_posix()
+
+
 def data_stages(params: dict[str, Any], needs: list[tuple[str, int]], pf: str) -> list[Stage]:
     """prepare, tasks, the missing tables and backbones the families need."""
     D = DataPaths(params)
     bench_module = module_of(params["benchmark"]["name"])
+    raw = [local_dep(r.path) for r in load_benchmark(bench_module).raw_files(params["benchmark"])]
     out: list[Stage] = [
         Stage(name="data/prepare", handler="cmml.data.prepare", entries=(bench_module,),
-              args={"benchmark_module": bench_module, "out": D.prepared}, deps=[], outs=[D.prepared],
+              args={"benchmark_module": bench_module, "out": D.prepared}, deps=[r for r in raw if r], outs=[D.prepared],
               dir_outs=[D.prepared], params=["benchmark"], sidecar=dir_sidecar(D.prepared), params_file=pf),
         Stage(name="data/tasks", handler="cmml.data.tasks", args={"data": D.prepared, "out": D.tasks}, deps=[D.prepared],
               outs=[D.tasks], dir_outs=[D.tasks], params=["tasks.num_tasks", "tasks.order_seed"],
@@ -90,13 +101,11 @@ def data_stages(params: dict[str, Any], needs: list[tuple[str, int]], pf: str) -
     else:
         o = D.backbone(0)
         ref = D.pretrained
-        local = Path(ref).expanduser()
-        if local.exists() and local.resolve().is_relative_to(Path.cwd().resolve()):
-            local = local.resolve().relative_to(Path.cwd().resolve())  # provenance stays repository-relative
+        local = local_dep(ref)
         out.append(Stage(
             name="data/backbone", handler="cmml.models.import_backbone",
             args={"ref": ref, "max_text_len": params["benchmark"]["max_text_len"], "out": o},
-            deps=[local.as_posix()] if local.exists() else [], outs=[o], dir_outs=[o],
+            deps=[local] if local else [], outs=[o], dir_outs=[o],
             params=["backbone.pretrained", "benchmark.max_text_len"], sidecar=dir_sidecar(o), params_file=pf))
     return out
 

@@ -17,6 +17,10 @@ if TYPE_CHECKING:
 
 BENCHMARKS: dict[str, str] = {
     "embedded": "cmml.data.benchmarks.embedded",
+    "mmimdb": "cmml.data.benchmarks.mmimdb",
+    "food101": "cmml.data.benchmarks.food101",
+    "hateful_memes": "cmml.data.benchmarks.hateful_memes",
+    "manifest": "cmml.data.benchmarks.manifest",
 }
 
 
