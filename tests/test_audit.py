@@ -94,13 +94,13 @@ def chain(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.chdir(tmp_path)
     shutil.copytree(ROOT / "src/cmml", tmp_path / "src/cmml", ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setattr(sources, "PKG_DIR", tmp_path / "src/cmml")  # as PYTHONPATH=<project>/src would
-    sources._parsed.cache_clear()
+    sources.clear_caches()
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(PARAMS))
     try:
         run_chain(PARAMS)
         yield tmp_path
     finally:
-        sources._parsed.cache_clear()  # parsed from the copy: not for later tests
+        sources.clear_caches()  # parsed from the copy: not for later tests
 
 
 def audit(capsys: pytest.CaptureFixture[str], *paths: str, quiet: bool = False) -> tuple[int, str, str]:
@@ -258,7 +258,7 @@ def test_docstring_edit_keeps_the_audit_ok_a_code_edit_breaks_it(chain: Path, ca
     fp_before, sidecars_before = fp.read_bytes(), {s.sidecar: (chain / s.sidecar).read_bytes() for s in (A, B, C)}
     newest = max((chain / p).stat().st_mtime for p in (fp, code_stage(A).sidecar))
     os.utime(src, (newest + 5, newest + 5))  # newer than the fingerprint file, whatever the clock's resolution
-    sources._parsed.cache_clear()
+    sources.clear_caches()
     assert fingerprints.refresh(code_stages(), PARAMS) == ["code/data-prepare"]  # only the stage whose code holds it
     assert fp.read_bytes() == fp_before  # same fingerprint: nothing downstream reruns
     assert {s.sidecar: (chain / s.sidecar).read_bytes() for s in (A, B, C)} == sidecars_before
@@ -366,7 +366,7 @@ def test_real_dvc_lock_and_cache(chain: Path, capsys: pytest.CaptureFixture[str]
     # disagreement names the stage and the changed fingerprint file
     agg = chain / "src/cmml/families/cmml/aggregate.py"
     agg.write_text(agg.read_text() + "\nEDITED = True\n")
-    sources._parsed.cache_clear()
+    sources.clear_caches()
     fingerprints.run(code_stage(C), PARAMS)
     with stage_run(C, PARAMS) as run:
         run.tmp(METRICS).write_text("{}")

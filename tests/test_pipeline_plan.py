@@ -131,12 +131,12 @@ def edited_fingerprints(tmp_path: Path, monkeypatch, rel: str, edit) -> dict[str
     target = copy / rel
     target.write_text(edit(target.read_text()))
     monkeypatch.setattr(sources, "PKG_DIR", copy)
-    sources._parsed.cache_clear()
+    sources.clear_caches()
     try:
         return {f: sources.fingerprint_text(e) != before[f] for f, e in groups.items()}
     finally:
-        sources._parsed.cache_clear()
-
+        sources.clear_caches()
+    
 
 def test_editing_missing_py_reruns_exactly_its_users(tmp_path: Path, monkeypatch) -> None:
     changed = edited_fingerprints(tmp_path, monkeypatch, "data/missing.py", lambda t: t + "\nLIMIT = 1\n")

@@ -149,6 +149,12 @@ def fingerprint(module: str) -> str:
     return hashlib.sha256(ast.dump(tree, include_attributes=False).encode()).hexdigest()
 
 
+def clear_caches() -> None:
+    """Forget parsed modules and fingerprints (after source files changed in this process)."""
+    _parsed.cache_clear()
+    fingerprint.cache_clear()
+
+
 def code_key(entries: tuple[str, ...]) -> str:
     """File-name key of an entry tuple: the entries' last components joined by '+'."""
     return "+".join(e.removeprefix(f"{PACKAGE}.").replace(".", "-") for e in entries)
