@@ -47,8 +47,8 @@ def group(stage: Stage) -> str:
     seed = [p for p in parts if SEED.fullmatch(p)][-1:]
     if parts[0] in (CODE_STAGE, "data"):
         return "/".join([PIPELINES, parts[0], *seed])
-    if stage.family and len(parts) >= 4:  # <family>/<kind>/<setting>/<method>/...
-        return "/".join([PIPELINES, stage.family, parts[2], parts[3], *seed])
+    if stage.family and len(parts) >= 4:  # <family>/<kind>/<setting>/<method>/..., or <family>/<kind>/<x>/seed<k>
+        return "/".join([PIPELINES, stage.family, *parts[2:4 if len(parts) > 4 else 3], *seed])
     return ""
 
 

@@ -1,0 +1,116 @@
+"""Stage handler ``robust/train/<model>[/<fill>]/seed<k>``: train one model of the robust family.
+
+The training split holds every class of the benchmark (the robust family is not continual).
+By kind:
+
+* ``complete``: head (or head + backbone) on complete training data;
+* ``ssf`` / ``lora`` / ``bitfit``: on the frozen ``start`` model, one adapter set per combination
+  of available modalities, each trained with the task loss on the training split with exactly
+  that combination present (the others filled by the stage's fill policy);
+* ``dedicated``: one model per combination, each trained on that combination only;
+* ``dropout``: one model; every epoch each training sample loses, with probability ``p``, all
+  but one uniformly drawn proper sub-combination of its modalities (modality dropout).
+
+Combinations are trained one after the other in the same process, each with its own optimiser
+(AdamW) and warmup-cosine schedule and a data order seeded by (seed, model, combination).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cmml.families.robust.models import (CKPT_FILE, Dedicated, Setup, adapted, build_trained, dropped_presence,
+                                         parameter_counts, plain, presence_of, save, stream_seed,
+                                         task_loss)
+from cmml.families.robust.plan import all_models
+from cmml.models.adapters import train_only
+from cmml.models.backbone import backbone_digest
+from cmml.pipeline.atomic import write_json
+from cmml.provenance.sidecar import stage_run
+from cmml.train.device import DeviceInfo, seed_everything, select_device
+from cmml.train.loop import fit
+
+VOLATILE = ("wall_s", "samples_per_s")
+
+
+def load_setup(args: dict[str, Any], params: dict[str, Any], fill: str, device: DeviceInfo):
+    """The stage's :class:`Setup` and training split (every class, all modalities present)."""
+    from cmml.data.dataset import Loading, load_split
+    from cmml.data.tokenizer import load_tokenizer
+
+    bdir = Path(args["backbone"])
+    tok = load_tokenizer(bdir, params["benchmark"]["max_text_len"])
+    data = load_split(Path(args["data"]), Path(args["tasks"]), "train", tok, fill=fill,
+                      loading=Loading.from_runtime(params["runtime"], device.device))
+    setup = Setup(bdir, backbone_digest(bdir), data.num_classes, data.multilabel, data.modalities)
+    return setup, data, tok
+
+
+def train_one(module: Any, data: Any, hp: dict[str, Any], seed: int, label: str, device: DeviceInfo,
+              multilabel: bool, params: list[torch.nn.Parameter], dropout: tuple[Setup, float] | None = None) -> dict[str, Any]:
+    """Fit ``params`` of ``module`` on ``data`` (modality dropout redrawn per epoch when ``dropout``)."""
+    gen = torch.Generator().manual_seed(stream_seed(seed, label))
+    opt = torch.optim.AdamW(params, lr=hp["lr"], weight_decay=hp["weight_decay"])
+
+    def batches(epoch: int):
+        split = data if dropout is None else data.with_present(dropped_presence(dropout[0], len(data), dropout[1], gen))
+        for b in split.batches(hp["batch_size"], shuffle=True, generator=gen):
+            yield b.to(device.device)
+
+    def loss(b: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        return task_loss(module.logits(b), b.labels, multilabel), {}
+
+    log = fit(module, batches, loss, epochs=hp["epochs"], steps_per_epoch=math.ceil(len(data) / hp["batch_size"]),
+              optimizer=opt, warmup=hp["warmup"], device=device, label=label)
+    return {k: v for k, v in log.items() if k not in VOLATILE}
+
+
+def run(stage: Any, params: dict[str, Any]) -> None:
+    """Train the stage's model (every combination's parameters for adapters and dedicated models)."""
+    a = stage.args
+    name, fill, seed = a["model"], a["fill"], int(a["seed"])
+    models = all_models(params, stage.params_file)
+    hp = models[name]
+    kind = hp["kind"]
+    device = select_device(params["runtime"])
+    setup, data, _ = load_setup(a, params, fill, device)
+    seed_everything(stream_seed(seed, name))
+    logs: dict[str, Any] = {}
+    if kind in ("complete", "dropout"):
+        model = plain(setup, hp["train_backbone"]).to(device.device)
+        drop = (setup, hp["p"]) if kind == "dropout" else None
+        logs["all"] = train_one(model, data, hp, seed, stage.name, device, setup.multilabel,
+                                [p for p in model.parameters() if p.requires_grad], drop)
+        state: dict[str, Any] = model.cpu().state()
+    elif kind == "dedicated":
+        state, parts = {}, {}
+        for combo, key in zip(setup.combos, setup.keys):
+            part = plain(setup, hp["train_backbone"]).to(device.device)
+            sub = data.with_present(presence_of(combo, setup.modalities, len(data)))
+            logs[key] = train_one(part, sub, hp, seed, f"{stage.name}/{key}", device, setup.multilabel,
+                                  [p for p in part.parameters() if p.requires_grad])
+            state[key] = part.cpu().state()
+            parts[key] = part
+        model = Dedicated(parts, setup)
+    else:
+        base = build_trained(setup, hp["start"], models[hp["start"]], {hp["start"]: a["start"]}, seed, models)
+        model = adapted(setup, base, kind, hp).to(device.device)
+        for combo, key in zip(setup.combos, setup.keys):
+            train_only(model.adapters, key)
+            sub = data.with_present(presence_of(combo, setup.modalities, len(data)))
+            logs[key] = train_one(model, sub, hp, seed, f"{stage.name}/{key}", device, setup.multilabel,
+                                  model.adapters.set_parameters(key))
+        train_only(model.adapters, None)
+        model.cpu()
+        state = model.adapters.adapter_state()
+    counts = parameter_counts(setup, model)
+    record = {"model": name, "kind": kind, "seed": seed, "fill": fill, "backbone_sha256": setup.backbone_sha256,
+              "hparams": hp, "combinations": setup.keys, "counts": counts}
+    with stage_run(stage, params, seed=seed, device=device.describe(), extra={"train": logs, "counts": counts}) as sr:
+        out = sr.tmp(a["out"])
+        save(out / CKPT_FILE, record, state)
+        write_json(out / "train_log.json", {"train": logs, "counts": counts, "train_samples": len(data)})

@@ -1,0 +1,116 @@
+"""The robust family: params checks, its plan in Snakemake's and DVC's view, and a tiny end-to-end run
+of every stage through the stage CLI (complete, adapters, dedicated, dropout; both fills; report)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from small import ROOT, small_params
+from cmml.cli import main
+from cmml.errors import ConfigError
+from cmml.pipeline.dvcgen import render
+from cmml.pipeline.plan import plan, validate_families
+
+KINDS = ("complete", "ssf", "lora", "bitfit", "dedicated", "dropout")
+
+
+def robust_params(seeds: list[int] = [0]) -> dict[str, Any]:
+    """A tiny benchmark, only the robust family, one epoch per model."""
+    p = small_params(8, {"pretrain": 8, "train": 8, "val": 1, "test": 6})
+    del p["cmml"]
+    p["robust"]["seeds"] = seeds
+    p["robust"]["missing_rates"] = [0.0, 0.5, 1.0]
+    p["robust"]["models"] = {n: {**b, "epochs": 1, "batch_size": 16} for n, b in p["robust"]["models"].items()}
+    return p
+
+
+def test_default_params_hold_every_kind_and_valid() -> None:
+    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert {b["kind"] for b in p["robust"]["models"].values()} == set(KINDS)
+    validate_families(p, "params.yaml")
+
+
+@pytest.mark.parametrize(("path", "value", "match"), [
+    (("robust", "fills"), ["zeros", "ones"], "robust.fills"),
+    (("robust", "settings"), ["nope"], "robust.settings"),
+    (("robust", "missing_rates"), [1.5], "robust.missing_rates"),
+    (("robust", "models", "ssf", "start"), "ssf", "robust.models.ssf.start"),
+    (("robust", "models", "ssf", "init"), "gauss", "robust.models.ssf.init"),
+    (("robust", "models", "lora", "targets"), ["qkv"], "robust.models.lora.targets"),
+    (("robust", "models", "dropout", "p"), 0.0, "robust.models.dropout.p"),
+    (("robust", "models", "bitfit", "rank"), 2, "robust.models.bitfit.rank"),
+])
+def test_bad_values_name_the_key(path: tuple[str, ...], value: Any, match: str) -> None:
+    p = robust_params()
+    node = p
+    for k in path[:-1]:
+        node = node[k]
+    node[path[-1]] = value
+    with pytest.raises(ConfigError, match=match.replace(".", r"\.")):
+        validate_families(p, "params.yaml")
+
+
+def test_plan_in_snakemake_and_dvc_and_params_scoping(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)
+    p = robust_params([0, 1])
+    stages = plan(p)
+    mine = [s for s in stages if s.family == "robust"]
+    names = {s.name for s in mine}
+    assert "robust/train/complete_full/seed1" in names and "robust/train/ssf/map/seed0" in names
+    assert {"robust/evaluate/zeros/seed0", "robust/evaluate/map/seed1", "robust/report"} <= names
+    dvc = {n for text in render(stages).values() for n in yaml.safe_load(text)["stages"]}
+    assert {s.dvc_name for s in mine} <= dvc
+    snake = (ROOT / "Snakefile").read_text() + "".join(f.read_text() for f in (ROOT / "workflow").rglob("*") if f.is_file())
+    assert "plan(" in snake  # the Snakefile's rules are generated from this same plan
+    # a robust model's key is read by its stages, the evaluation and the report only (and the params stage,
+    # which splits params.yaml for DVC): never by another family's stages
+    ssf_key = [s.name for s in stages if s.name != "params" and any(k == "robust.models.ssf" or k.startswith("robust.models.ssf.")
+                                             or k in ("robust", "robust.models") for k in s.params)]
+    assert ssf_key and all(n.startswith("robust/") for n in ssf_key)
+    assert {n for n in ssf_key if "/train/" in n} == {f"robust/train/ssf/{f}/seed{k}" for f in ("zeros", "map") for k in (0, 1)}
+    ssf = next(s for s in stages if s.name == "robust/train/ssf/zeros/seed0")
+    assert "runs/robust/embedded/seed0/complete_full/ckpt" in ssf.deps
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("robust")
+    (root / "params.yaml").write_text(yaml.safe_dump(robust_params(), sort_keys=False))
+    return root
+
+
+def test_every_stage_through_the_cli(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(project)
+    monkeypatch.setenv("CMML_WORKER", "0")
+    p = yaml.safe_load(Path("params.yaml").read_text())
+    for s in plan(p):
+        assert main(["run", s.name]) == 0, s.name
+    metrics = json.loads(Path("results/robust/metrics.json").read_text())
+    assert set(metrics["fills"]) == {"zeros", "map"}
+    zeros = metrics["fills"]["zeros"]
+    assert set(zeros) == set(p["robust"]["models"])
+    for m in zeros.values():
+        assert set(m["combinations"]) == {"image+text", "image", "text"}
+        assert set(m["rates"]) == {"0", "0.5", "1"} and set(m["settings"]) == {"both70"}
+        assert all(math.isfinite(s["mean"]) and 0 <= s["mean"] <= 100 for g in ("combinations", "rates") for s in m[g].values())
+    # rate 0 is the complete test split; complete-data models are shared by both fills there
+    for name, m in zeros.items():
+        assert m["rates"]["0"]["mean"] == m["combinations"]["image+text"]["mean"], name
+    assert zeros["complete_full"]["combinations"]["image+text"] == metrics["fills"]["map"]["complete_full"]["combinations"]["image+text"]
+    counts = zeros["ssf"]["params"]
+    d, layers = p["backbone"]["tiny"]["hidden_size"], p["backbone"]["tiny"]["num_layers"]
+    assert counts["per_combination"]["image"] == 2 * d * (2 * layers + 2)
+    assert 0 < counts["percent_of_backbone"]["image"] < 5
+    page = Path("results/robust/report/index.md").read_text()
+    assert "re-implementation" in page and "SSF" in page and "zeros` minus `map" in page
+    assert Path("results/robust/report/curves__zeros.png").stat().st_size > 0
+    assert "results/robust/report/index.html" in json.loads(Path("results/index.prov.json").read_text())["inputs"] or \
+        "robust" in Path("results/index.md").read_text()
+    log = json.loads(Path("runs/robust/embedded/seed0/zeros/ssf/ckpt/train_log.json").read_text())
+    assert set(log["train"]) == {"image+text", "image", "text"} and all(v["steps"] > 0 for v in log["train"].values())
