@@ -22,8 +22,7 @@ KINDS = ("complete", "ssf", "lora", "bitfit", "dedicated", "dropout")
 
 def robust_params(seeds: list[int] = [0]) -> dict[str, Any]:
     """A tiny benchmark, only the robust family, one epoch per model."""
-    p = small_params(8, {"pretrain": 8, "train": 8, "val": 1, "test": 6})
-    del p["cmml"]
+    p = small_params(8, {"pretrain": 8, "train": 8, "val": 1, "test": 6}, families=("robust",))
     p["robust"]["seeds"] = seeds
     p["robust"]["missing_rates"] = [0.0, 0.5, 1.0]
     p["robust"]["models"] = {n: {**b, "epochs": 1, "batch_size": 16} for n, b in p["robust"]["models"].items()}
