@@ -1,10 +1,16 @@
-"""The robust family: params checks, its plan in Snakemake's and DVC's view, and a tiny end-to-end run
-of every stage through the stage CLI (complete, adapters, dedicated, dropout; both fills; report)."""
+"""The robust family: params checks, its stages in Snakemake's and DVC's view, a tiny end-to-end run of
+every stage through the stage CLI (complete, adapters, dedicated, dropout; both fills; report) beside a
+cmml run, and an edit of one robust model's hyper-parameter making only that model's stages, the
+evaluation, the report and the index stale."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +22,16 @@ from cmml.cli import main
 from cmml.errors import ConfigError
 from cmml.pipeline.dvcgen import render
 from cmml.pipeline.plan import plan, validate_families
+from cmml.pipeline.status import states
 
 KINDS = ("complete", "ssf", "lora", "bitfit", "dedicated", "dropout")
 
 
-def robust_params(seeds: list[int] = [0]) -> dict[str, Any]:
-    """A tiny benchmark, only the robust family, one epoch per model."""
-    p = small_params(8, {"pretrain": 8, "train": 8, "val": 1, "test": 6}, families=("robust",))
+def robust_params(seeds: list[int] = [0], with_cmml: bool = False) -> dict[str, Any]:
+    """A tiny benchmark, the robust family (and one cmml run if asked), one epoch per model."""
+    p = small_params(8, {"pretrain": 8, "train": 8, "val": 1, "test": 6},
+                     runs={"finetune_head": {"epochs": 1}} if with_cmml else None,
+                     families=("cmml", "robust") if with_cmml else ("robust",))
     p["robust"]["seeds"] = seeds
     p["robust"]["missing_rates"] = [0.0, 0.5, 1.0]
     p["robust"]["models"] = {n: {**b, "epochs": 1, "batch_size": 16} for n, b in p["robust"]["models"].items()}
@@ -65,8 +74,6 @@ def test_plan_in_snakemake_and_dvc_and_params_scoping(tmp_path: Path, monkeypatc
     assert {"robust/evaluate/zeros/seed0", "robust/evaluate/map/seed1", "robust/report"} <= names
     dvc = {n for text in render(stages).values() for n in yaml.safe_load(text)["stages"]}
     assert {s.dvc_name for s in mine} <= dvc
-    snake = (ROOT / "Snakefile").read_text() + "".join(f.read_text() for f in (ROOT / "workflow").rglob("*") if f.is_file())
-    assert "plan(" in snake  # the Snakefile's rules are generated from this same plan
     # a robust model's key is read by its stages, the evaluation and the report only (and the params stage,
     # which splits params.yaml for DVC): never by another family's stages
     ssf_key = [s.name for s in stages if s.name != "params" and any(k == "robust.models.ssf" or k.startswith("robust.models.ssf.")
@@ -80,16 +87,39 @@ def test_plan_in_snakemake_and_dvc_and_params_scoping(tmp_path: Path, monkeypatc
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("robust")
-    (root / "params.yaml").write_text(yaml.safe_dump(robust_params(), sort_keys=False))
+    (root / "params.yaml").write_text(yaml.safe_dump(robust_params(with_cmml=True), sort_keys=False))
+    for item in ("Snakefile", "workflow"):
+        shutil.copytree(ROOT / item, root / item) if (ROOT / item).is_dir() else shutil.copy2(ROOT / item, root / item)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setenv("CMML_WORKER", "0")
+        p = yaml.safe_load(Path("params.yaml").read_text())
+        for s in plan(p):
+            assert main(["run", s.name]) == 0, s.name
     return root
+
+
+def test_snakemake_lists_the_family_and_only_its_stages_go_stale(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(project)
+    p = yaml.safe_load(Path("params.yaml").read_text())
+    stages = plan(p)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "CMML_WORKER": "0"}
+    out = subprocess.run([str(Path(sys.executable).parent / "snakemake"), "--list-rules"], capture_output=True,
+                         text=True, env=env, check=True).stdout.split()
+    assert {s.rule_name for s in stages if s.family == "robust"} <= set(out)
+    assert set(states(stages, p).values()) == {"done"}
+    p["robust"]["models"]["ssf"]["lr"] *= 2
+    now = states(plan(p), p)
+    stale = {n for n, st in now.items() if st != "done"}
+    # (the params stage rewrites the small per-stage params files DVC reads; it reads every key)
+    assert stale == {"params", "robust/train/ssf/zeros/seed0", "robust/train/ssf/map/seed0", "robust/evaluate/zeros/seed0",
+                     "robust/evaluate/map/seed0", "robust/report", "index"}
+    assert now["robust/train/ssf/zeros/seed0"] == "stale (params)" and now["index"] == "stale (data)"
 
 
 def test_every_stage_through_the_cli(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(project)
-    monkeypatch.setenv("CMML_WORKER", "0")
     p = yaml.safe_load(Path("params.yaml").read_text())
-    for s in plan(p):
-        assert main(["run", s.name]) == 0, s.name
     metrics = json.loads(Path("results/robust/metrics.json").read_text())
     assert set(metrics["fills"]) == {"zeros", "map"}
     zeros = metrics["fills"]["zeros"]
