@@ -38,10 +38,11 @@ def robust_params(seeds: list[int] = [0], with_cmml: bool = False) -> dict[str, 
     return p
 
 
-def test_default_params_hold_every_kind_and_valid() -> None:
-    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+@pytest.mark.parametrize("name", ["params.yaml", "presets/robust_full.yaml"])
+def test_default_and_full_params_hold_every_kind_and_are_valid(name: str) -> None:
+    p = yaml.safe_load((ROOT / name).read_text())
     assert {b["kind"] for b in p["robust"]["models"].values()} == set(KINDS)
-    validate_families(p, "params.yaml")
+    validate_families(p, name)
 
 
 @pytest.mark.parametrize(("path", "value", "match"), [
