@@ -1,7 +1,9 @@
 """Stage handler ``robust/report``: every evaluate stage's scores -> metrics over seeds, tables, curves.
 
-Writes ``results/robust/metrics.json`` (per fill, model, condition group and condition: the
-per-seed values, their mean and sample std; parameter counts) and the report page
+Writes ``results/robust/metrics.json`` -- groups ``<fill>/<model>`` holding ``kind``, ``start``,
+``params`` (counts) and per condition ``<group>/<condition>`` the per-seed values, their mean and
+sample std (the ``{group: {metric: {mean, std}}}`` shape ``cmml compare`` reads), plus ``_meta``
+(benchmark, metric, seeds) -- and the report page
 ``results/robust/report/index.{md,html}``: per fill the paper's table (rows = model, columns =
 available combination, then the listed settings), the missing-rate curves, the zeros-minus-MAP
 difference per cell, and the trainable parameters per combination as a share of the backbone.
@@ -64,6 +66,16 @@ def aggregate(docs: list[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, An
         for slot in models.values():
             for g, conds in slot.pop("_v").items():
                 slot[g] = {k: stat(vs) for k, vs in conds.items()}
+    return out
+
+
+def flat(agg: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    """metrics.json: one group per (fill, model), one entry per condition."""
+    out: dict[str, Any] = {"_meta": meta}
+    for fill, models in agg.items():
+        for name, m in models.items():
+            out[f"{fill}/{name}"] = {"kind": m["kind"], "start": m["start"], "params": m["params"],
+                                     **{f"{g}/{k}": v for g in GROUPS for k, v in m[g].items()}}
     return out
 
 
@@ -162,7 +174,7 @@ def run(stage: Any, params: dict[str, Any]) -> None:
                 raise DataError(f"{a['metrics']}: model {name!r} (fill {fill}) lacks scores of some seeds in {short}")
     blocks = document(params, a["bench"], agg, metric, seeds)
     with stage_run(stage, params, extra={"fills": list(agg)}) as sr:
-        write_json(sr.tmp(a["metrics"]), {"benchmark": a["bench"], "metric": metric, "seeds": seeds, "fills": agg})
+        write_json(sr.tmp(a["metrics"]), flat(agg, {"benchmark": a["bench"], "metric": metric, "seeds": seeds}))
         out = sr.tmp(a["out"])
         for fill, models in agg.items():
             plot_rates(out / curves_png(fill), models, metric)
