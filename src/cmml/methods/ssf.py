@@ -52,15 +52,12 @@ class SSFPerTask(Method):
 
     def task_logits(self, batch: Any, upto: int) -> Tensor:
         """[B, num_classes]: task j's columns from set j for j <= ``upto``, later columns zero."""
-        out = None
-        for j in range(upto + 1):
-            h = self.adapters.encode(self.keys[j], batch.input_ids, batch.attention_mask, batch.pixel_values).text_cls
-            z = self.head(h)
-            if out is None:
-                out = torch.zeros_like(z)
+        per_set = [self.head(self.adapters.encode(self.keys[j], batch.input_ids, batch.attention_mask,
+                                                  batch.pixel_values).text_cls) for j in range(upto + 1)]
+        out = torch.zeros_like(per_set[0])
+        for j, z in enumerate(per_set):
             lo, hi = self.info.offsets[j], self.info.offsets[j + 1]
             out[:, lo:hi] = z[:, lo:hi]
-        assert out is not None
         return out
 
     def logits(self, batch: Any) -> Tensor:

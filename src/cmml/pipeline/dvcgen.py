@@ -47,8 +47,8 @@ def group(stage: Stage) -> str:
     seed = [p for p in parts if SEED.fullmatch(p)][-1:]
     if parts[0] in (CODE_STAGE, "data"):
         return "/".join([PIPELINES, parts[0], *seed])
-    if stage.family and len(parts) >= 4:  # <family>/<kind>/<setting>/<method>/..., or <family>/<kind>/<x>/seed<k>
-        return "/".join([PIPELINES, stage.family, *parts[2:4 if len(parts) > 4 else 3], *seed])
+    if stage.family and seed:  # <family>/<kind>/<setting>/<method>/seed<k>/..., or fewer parts before the seed
+        return "/".join([PIPELINES, stage.family, *parts[2:parts.index(seed[0])], *seed])
     return ""
 
 

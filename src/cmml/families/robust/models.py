@@ -24,7 +24,11 @@ from cmml.models.adapters import (AdapterSet, backbone_size, build_adapters, com
 from cmml.models.backbone import Backbone, load_backbone
 
 FORMAT = "cmml-robust-checkpoint/1"
-CKPT_FILE = "checkpoint.pt"
+
+
+def ckpt_file(kind: str, fill: str | None) -> str:
+    """Checkpoint file name in a model's directory: one per fill, one in all for complete-data models."""
+    return "checkpoint.pt" if kind == "complete" else f"checkpoint_{fill}.pt"
 
 
 @dataclass(frozen=True)
@@ -144,6 +148,16 @@ def dropped_presence(setup: Setup, n: int, p: float, gen: torch.Generator) -> to
     return present
 
 
+def first_per_class(data: Any, n: int | None) -> Any:
+    """The first ``n`` samples of each class (by primary label, in split order) of ``data``; all if None."""
+    if n is None:
+        return data
+    keep = torch.zeros(len(data), dtype=torch.bool)
+    for c in data.primary.unique().tolist():
+        keep[(data.primary == c).nonzero().flatten()[:n]] = True
+    return data.subset(keep)
+
+
 def task_loss(logits: Tensor, labels: Tensor, multilabel: bool) -> Tensor:
     """The unchanged task loss: cross-entropy, or mean binary cross-entropy for multi-hot labels."""
     logits = logits.float()
@@ -184,11 +198,12 @@ def load(path: Path, expect: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_trained(setup: Setup, name: str, hp: dict[str, Any], ckpts: dict[str, str], seed: int,
-                  models: dict[str, dict[str, Any]]) -> nn.Module:
-    """Model ``name`` with its trained state from ``ckpts[name]`` (and its start model's, for adapters)."""
+                  models: dict[str, dict[str, Any]], fill: str) -> nn.Module:
+    """Model ``name`` as trained under ``fill``, from its directory ``ckpts[name]`` (and its start model's)."""
     kind = hp["kind"]
-    expect = {"model": name, "kind": kind, "seed": seed, "backbone_sha256": setup.backbone_sha256}
-    path = Path(ckpts[name]) / CKPT_FILE
+    expect = {"model": name, "kind": kind, "seed": seed, "backbone_sha256": setup.backbone_sha256,
+              "fill": None if kind == "complete" else fill}
+    path = Path(ckpts[name]) / ckpt_file(kind, fill)
     ck = load(path, expect)
     if kind in ("complete", "dropout"):
         m = plain(setup, hp["train_backbone"])
@@ -200,7 +215,7 @@ def build_trained(setup: Setup, name: str, hp: dict[str, Any], ckpts: dict[str, 
             parts[key] = plain(setup, hp["train_backbone"])
             parts[key].load(ck["state"].get(key, {}), f"{path} [{key}]")
         return Dedicated(parts, setup)
-    base = build_trained(setup, hp["start"], models[hp["start"]], ckpts, seed, models)
+    base = build_trained(setup, hp["start"], models[hp["start"]], ckpts, seed, models, fill)
     m = adapted(setup, base, kind, hp)
     m.adapters.load_adapter_state(ck["state"], str(path))
     return m

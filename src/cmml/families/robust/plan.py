@@ -2,18 +2,19 @@
 
 Section ``robust`` (docs/robust.md): ``seeds``, ``fills`` (missing-input conventions compared),
 ``settings`` (missing tables whose test split is scored as a mixed batch), ``missing_rates`` (the
-sweep) and ``models`` (name -> ``kind`` plus its hyper-parameters). Kinds: ``complete`` (trained on
+sweep), ``train_per_class`` / ``test_per_class`` (the first n samples of each class, null for all)
+and ``models`` (name -> ``kind`` plus its hyper-parameters). Kinds: ``complete`` (trained on
 complete data, head only or head + backbone; evaluated as it is, it is the "no adaptation" row),
 ``ssf`` / ``lora`` / ``bitfit`` (one adapter set per combination on the frozen model named by
 ``start``), ``dedicated`` (one model per combination, trained on that combination only) and
 ``dropout`` (one model trained with modality dropout).
 
-Granularity: per seed one train stage per model -- a complete-data model is independent of the
-fill, every other model has one stage per fill, and each trains every combination's parameters
-(adapter sets, dedicated models) in that one stage -- and one evaluate stage per (fill, seed)
-that scores every model on every test combination, every listed setting and every missing rate;
-then one report stage over everything. Every stage pays ~1-2 s of process, backbone and data
-loading, so per-combination or per-model evaluate stages would multiply that cost for no gain.
+Granularity: per seed one train stage per model, which trains every combination's parameters
+(adapter sets, dedicated models) under every fill (a complete-data model sees no missing input,
+so it is trained once and serves every fill), and one evaluate stage per seed that scores every
+model under every fill on every test combination, listed setting and missing rate; then one
+report stage over everything. Every stage pays ~1-2 s of process, backbone and data loading, so
+per-combination, per-fill or per-model stages would multiply that cost for no gain.
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ def validate(params: dict[str, Any], where: str) -> None:
     sec = params.get(SECTION)
     if not isinstance(sec, dict):
         raise ConfigError(f"{where}: key '{SECTION}' must be a mapping")
-    expected = {"seeds", "fills", "settings", "missing_rates", "models"}
+    expected = {"seeds", "fills", "settings", "missing_rates", "train_per_class", "test_per_class", "models"}
     for k in sorted(expected ^ set(sec)):
         raise ConfigError(f"{where}: key '{SECTION}.{k}' is {'missing' if k in expected else 'unknown'} "
                           f"(expected {sorted(expected)})")
@@ -116,6 +117,10 @@ def validate(params: dict[str, Any], where: str) -> None:
             raise ConfigError(f"{where}: key '{SECTION}.settings' names {s!r}, which is not defined under 'settings'")
     if not all(isinstance(r, (int, float)) and not isinstance(r, bool) and 0 <= r <= 1 for r in sec["missing_rates"]):
         raise ConfigError(f"{where}: key '{SECTION}.missing_rates' must hold numbers in [0, 1], got {sec['missing_rates']}")
+    for k in ("train_per_class", "test_per_class"):
+        v = sec[k]
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):
+            raise ConfigError(f"{where}: key '{SECTION}.{k}' must be a positive integer or null (every sample), got {v!r}")
     if not isinstance(sec["models"], dict) or not sec["models"]:
         raise ConfigError(f"{where}: key '{SECTION}.models' must map model names to their blocks")
     for name in sec["models"]:
@@ -133,15 +138,9 @@ def report_page(params: dict[str, Any]) -> str:
     return f"{REPORT_DIR}/index.html"
 
 
-def model_dir(bench: str, seed: int, name: str, kind: str, fill: str) -> str:
-    """Artefact directory of a model: complete-data models do not depend on the fill."""
-    mid = "" if kind == "complete" else f"{fill}/"
-    return f"runs/{SECTION}/{bench}/seed{seed}/{mid}{name}"
-
-
-def stage_name(name: str, kind: str, fill: str, seed: int) -> str:
-    """``robust/train/<model>[/<fill>]/seed<k>``."""
-    return f"{SECTION}/train/{name}/{'' if kind == 'complete' else fill + '/'}seed{seed}"
+def model_dir(bench: str, seed: int, name: str) -> str:
+    """Artefact directory of a model (its checkpoints of every fill)."""
+    return f"runs/{SECTION}/{bench}/seed{seed}/{name}"
 
 
 def plan(params: dict[str, Any], data: Any, params_file: str) -> list[Stage]:
@@ -157,33 +156,28 @@ def plan(params: dict[str, Any], data: Any, params_file: str) -> list[Stage]:
 
     for seed in sec["seeds"]:
         shared = {"data": data.prepared, "tasks": data.tasks, "backbone": data.backbone(seed)}
-        ckpt = {}
-        for fill in sec["fills"]:
-            for name, hp in models.items():
-                kind = hp["kind"]
-                out = f"{model_dir(bench, seed, name, kind, fill)}/ckpt"
-                ckpt[(name, fill)] = out
-                if kind == "complete" and fill != sec["fills"][0]:
-                    continue
-                start = ckpt[(hp["start"], fill)] if "start" in hp else None
-                keys = [f"{SECTION}.models.{name}", *([f"{SECTION}.models.{hp['start']}"] if start else [])]
-                stages.append(stage(
-                    name=stage_name(name, kind, fill, seed), handler="cmml.families.robust.train",
-                    args={"model": name, "fill": fill, "seed": seed, **shared, "start": start, "out": out},
-                    deps=[*shared.values(), *([start] if start else [])], outs=[out], dir_outs=[out],
-                    params=[*keys, *MODEL_RUNTIME], sidecar=dir_sidecar(out), gpu=True))
-        for fill in sec["fills"]:
-            out = f"runs/{SECTION}/{bench}/seed{seed}/{fill}/eval"
-            missing = {s: data.missing(s, seed) for s in sec["settings"]}
-            ckpts = {n: ckpt[(n, fill)] for n in models}
+        ckpts = {name: f"{model_dir(bench, seed, name)}/ckpt" for name in models}
+        for name, hp in models.items():
+            out, start = ckpts[name], ckpts.get(hp.get("start", ""))
+            keys = [f"{SECTION}.models.{name}", *([f"{SECTION}.models.{hp['start']}"] if start else [])]
             stages.append(stage(
-                name=f"{SECTION}/evaluate/{fill}/seed{seed}", handler="cmml.families.robust.evaluate",
-                args={"fill": fill, "seed": seed, **shared, "missing": missing, "ckpts": ckpts, "out": out},
-                deps=[*shared.values(), *missing.values(), *ckpts.values()], outs=[out], dir_outs=[out],
-                params=[f"{SECTION}.models", f"{SECTION}.settings", f"{SECTION}.missing_rates", *MODEL_RUNTIME,
-                        "runtime.eval_batch_size"],
+                name=f"{SECTION}/train/{name}/seed{seed}", handler="cmml.families.robust.train",
+                args={"model": name, "fills": sec["fills"], "seed": seed, **shared, "start": start, "out": out},
+                deps=[*shared.values(), *([start] if start else [])], outs=[out], dir_outs=[out],
+                params=[*keys, f"{SECTION}.train_per_class", *([] if hp["kind"] == "complete" else [f"{SECTION}.fills"]),
+                        *MODEL_RUNTIME],
                 sidecar=dir_sidecar(out), gpu=True))
-            evals.append({"fill": fill, "seed": seed, "eval": out})
+        out = f"runs/{SECTION}/{bench}/seed{seed}/eval"
+        missing = {s: data.missing(s, seed) for s in sec["settings"]}
+        stages.append(stage(
+            name=f"{SECTION}/evaluate/seed{seed}", handler="cmml.families.robust.evaluate",
+            args={"fills": sec["fills"], "seed": seed, **shared, "missing": missing, "ckpts": ckpts, "out": out},
+            deps=[*shared.values(), *missing.values(), *ckpts.values()], outs=[out], dir_outs=[out],
+            params=[f"{SECTION}.models", f"{SECTION}.fills", f"{SECTION}.settings", f"{SECTION}.missing_rates",
+                    f"{SECTION}.test_per_class",
+                    *MODEL_RUNTIME, "runtime.eval_batch_size"],
+            sidecar=dir_sidecar(out), gpu=True))
+        evals.append({"seed": seed, "eval": out})
     stages.append(stage(
         name=f"{SECTION}/report", handler="cmml.families.robust.report",
         args={"bench": bench, "evals": evals, "metrics": METRICS_JSON, "out": REPORT_DIR},

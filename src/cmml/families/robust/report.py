@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from cmml.errors import DataError
+from cmml.families.robust.plan import SECTION
 from cmml.pipeline.atomic import write_json
 from cmml.provenance.sidecar import stage_run
 from cmml.report.render import CONTENT_WIDTH_PX, Block, figure, palette, to_html, to_markdown
@@ -37,12 +38,14 @@ def read_scores(path: Path) -> dict[str, Any]:
         doc = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataError(f"{path}: not valid JSON: {exc}") from None
-    ok = isinstance(doc, dict) and isinstance(doc.get("models"), dict) and isinstance(doc.get("metric"), str)
-    ok = ok and all(isinstance(m, dict) and all(isinstance(m.get(g), dict) for g in (*GROUPS, "params"))
-                    for m in doc["models"].values())
+    fills = doc.get("fills") if isinstance(doc, dict) else None
+    ok = isinstance(fills, dict) and bool(fills) and isinstance(doc.get("metric"), str)
+    ok = ok and all(isinstance(f, dict) and isinstance(f.get("models"), dict) and all(
+        isinstance(m, dict) and all(isinstance(m.get(g), dict) for g in (*GROUPS, "params")) for m in f["models"].values())
+        for f in fills.values())
     if not ok:
-        raise DataError(f"{path}: expected 'metric' and 'models' with {list(GROUPS)} and 'params' per model; "
-                        "rerun the robust evaluate stage")
+        raise DataError(f"{path}: expected 'metric' and 'fills' with 'models' holding {list(GROUPS)} and 'params' "
+                        "per model; rerun the robust evaluate stage")
     return doc
 
 
@@ -52,16 +55,17 @@ def stat(values: list[float]) -> dict[str, Any]:
             "std": round(statistics.stdev(values), 4) if len(values) > 1 else None}
 
 
-def aggregate(docs: list[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, Any]:
+def aggregate(docs: list[dict[str, Any]]) -> dict[str, Any]:
     """``{fill: {model: {group: {condition: stat}, kind, start, params}}}`` over seeds."""
     out: dict[str, Any] = {}
-    for e, doc in docs:
-        for name, m in doc["models"].items():
-            slot = out.setdefault(e["fill"], {}).setdefault(name, {"kind": m["kind"], "start": m.get("start"),
-                                                                    "params": m["params"], "_v": {}})
-            for g in GROUPS:
-                for k, v in m[g].items():
-                    slot["_v"].setdefault(g, {}).setdefault(k, []).append(v)
+    for doc in docs:
+        for fill, fdoc in doc["fills"].items():
+            for name, m in fdoc["models"].items():
+                slot = out.setdefault(fill, {}).setdefault(name, {"kind": m["kind"], "start": m.get("start"),
+                                                                "params": m["params"], "_v": {}})
+                for g in GROUPS:
+                    for k, v in m[g].items():
+                        slot["_v"].setdefault(g, {}).setdefault(k, []).append(v)
     for models in out.values():
         for slot in models.values():
             for g, conds in slot.pop("_v").items():
@@ -160,12 +164,13 @@ def document(params: dict[str, Any], bench: str, agg: dict[str, Any], metric: st
 def run(stage: Any, params: dict[str, Any]) -> None:
     """Stage handler: aggregate every evaluate output, write metrics.json and the report folder."""
     a = stage.args
-    docs = [(e, read_scores(Path(e["eval"]) / SCORES)) for e in a["evals"]]
-    metrics = {d["metric"] for _, d in docs}
+    docs = [read_scores(Path(e["eval"]) / SCORES) for e in a["evals"]]
+    metrics = {d["metric"] for d in docs}
     if len(metrics) != 1:
         raise DataError(f"{[e['eval'] for e in a['evals']]}: the evaluate outputs disagree on the metric ({sorted(metrics)})")
     metric = metrics.pop()
     agg = aggregate(docs)
+    agg = {f: agg[f] for f in params[SECTION]["fills"] if f in agg}  # params order (JSON files sort their keys)
     seeds = sorted({int(e["seed"]) for e in a["evals"]})
     for fill, models in agg.items():
         for name, m in models.items():
