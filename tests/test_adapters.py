@@ -125,3 +125,25 @@ def test_adapter_state_round_trip(kind: str) -> None:
         assert torch.equal(a.encode("text", *x).hidden, b.encode("text", *x).hidden)
     with pytest.raises(DataError, match="ckpt"):
         b.load_adapter_state({k: v for k, v in list(state.items())[1:]}, "ckpt")
+
+
+def test_ssf_method_trains_only_the_current_task_set() -> None:
+    from types import SimpleNamespace
+
+    from cmml.methods.base import TaskContext, TaskInfo
+    from cmml.methods.ssf import SSFPerTask
+
+    bb, (ids, mask, pix) = make()
+    hp = {"init": "identity", "init_std": 0.02, "init_from_previous": True, "mask_old_logits": True, "bce_mean": "seen"}
+    m = SSFPerTask(bb, TaskInfo((0, 2, 4), False, "class"), hp)
+    perturb(m.adapters, "task0")
+    m.begin_task(TaskContext(task=1, data=object(), device=torch.device("cpu")))
+    assert all(torch.equal(a, b) for a, b in zip(m.adapters.set_parameters("task1"), m.adapters.set_parameters("task0")))
+    batch = SimpleNamespace(input_ids=ids, attention_mask=mask, pixel_values=pix, labels=torch.tensor([2, 3, 2, 3, 2]))
+    m.loss(batch, 1)[0].backward()
+    assert all(p.grad is None for p in m.adapters.set_parameters("task0"))
+    assert all(p.grad is not None for p in m.adapters.set_parameters("task1")) and m.head.weight.grad is not None
+    with torch.no_grad():
+        z = m.logits(batch)
+        own0 = m.head(m.adapters.encode("task0", ids, mask, pix).text_cls)
+    assert torch.equal(z[:, :2], own0[:, :2])  # task 0's classes are scored on set 0's features
