@@ -117,12 +117,13 @@ def plot_rates(path: Path, models: dict[str, Any], metric: str) -> None:
         ax.legend(loc="best", ncols=2)
 
 
-def document(params: dict[str, Any], bench: str, agg: dict[str, Any], metric: str, seeds: list[int]) -> list[Block]:
-    """The report page as blocks."""
+def document(params: dict[str, Any], bench: str, agg: dict[str, Any], metric: str, seeds: list[int],
+             combinations: list[str]) -> list[Block]:
+    """The report page as blocks (columns: ``combinations`` in their order, then the settings)."""
     fills = list(agg)
     first = agg[fills[0]]
-    combos = list(next(iter(first.values()))["combinations"])
-    settings = list(next(iter(first.values()))["settings"])
+    combos = list(combinations)
+    settings = list(params[SECTION]["settings"])
     blocks: list[Block] = [
         ("h1", f"Robust adaptation per missing-modality combination ({bench})"),
         ("p", "A **re-implementation from the paper's description** (Reza, Prater-Bennette and Asif, \"Robust "
@@ -170,14 +171,19 @@ def run(stage: Any, params: dict[str, Any]) -> None:
         raise DataError(f"{[e['eval'] for e in a['evals']]}: the evaluate outputs disagree on the metric ({sorted(metrics)})")
     metric = metrics.pop()
     agg = aggregate(docs)
-    agg = {f: agg[f] for f in params[SECTION]["fills"] if f in agg}  # params order (JSON files sort their keys)
+    order = list(params[SECTION]["models"])  # params order: JSON files sort their keys
+    agg = {f: {n: agg[f][n] for n in sorted(agg[f], key=lambda n: (order.index(n) if n in order else len(order), n))}
+           for f in params[SECTION]["fills"] if f in agg}
+    combos = docs[0].get("combinations")
+    if not isinstance(combos, list) or any(d.get("combinations") != combos for d in docs):
+        raise DataError(f"{[e['eval'] for e in a['evals']]}: the evaluate outputs disagree on the combinations; rerun them")
     seeds = sorted({int(e["seed"]) for e in a["evals"]})
     for fill, models in agg.items():
         for name, m in models.items():
             short = [g for g in GROUPS for s in m[g].values() if len(s["values"]) != len(seeds)]
             if short or any(math.isnan(s["mean"]) for g in GROUPS for s in m[g].values()):
                 raise DataError(f"{a['metrics']}: model {name!r} (fill {fill}) lacks scores of some seeds in {short}")
-    blocks = document(params, a["bench"], agg, metric, seeds)
+    blocks = document(params, a["bench"], agg, metric, seeds, combos)
     with stage_run(stage, params, extra={"fills": list(agg)}) as sr:
         write_json(sr.tmp(a["metrics"]), flat(agg, {"benchmark": a["bench"], "metric": metric, "seeds": seeds}))
         out = sr.tmp(a["out"])
