@@ -7,7 +7,8 @@ with the stages a file holds. So the plan is rendered into one dvc.yaml per stag
 ``dvc.yaml`` holds the params stage and the families' aggregate/report stages plus the index,
 ``pipelines/code`` the code fingerprints, ``pipelines/data`` the seed-independent data stages and
 ``pipelines/data/seed<k>`` one seed's missing tables and backbone, and
-``pipelines/<family>/<setting>/<method>/seed<k>`` one run's train and evaluate stages. Every stage
+``pipelines/<family>/<setting>/<method>/seed<k>`` one run's train and evaluate stages (in general: a
+family stage's name parts between its kind and its seed, e.g. ``pipelines/robust/ssf/seed<k>``). Every stage
 runs from the repository root (``wdir``), so commands and paths are the same as Snakemake's.
 ``dvc repro`` reproduces the root file's stages and everything they depend on, i.e. the whole DAG;
 the other files' stages are addressed as ``<file>:<stage>``.
