@@ -1,4 +1,4 @@
-"""Stage handler ``robust/evaluate/seed<k>``: every model of one seed under every fill on every test condition.
+"""Stage handler ``robust/evaluate/seed<k>``: every model of a seed under every fill and test condition.
 
 Conditions, all on the test split of every class (its first ``test_per_class`` samples each), missing inputs filled by the fill policy at hand:
 

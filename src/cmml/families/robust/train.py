@@ -8,12 +8,13 @@ By kind:
   of available modalities, each trained with the task loss on the training split with exactly
   that combination present (the others filled by the stage's fill policy);
 * ``dedicated``: one model per combination, each trained on that combination only;
-* ``dropout``: one model; every epoch each training sample loses, with probability ``p``, all
-  but one uniformly drawn proper sub-combination of its modalities (modality dropout).
+* ``dropout``: one model; every epoch each training sample is, with probability ``p``, reduced to
+  a uniformly drawn incomplete combination of its modalities (modality dropout).
 
 A complete-data model sees no missing input and is trained once; every other model once per fill
-(``robust.fills``), one checkpoint file each. Combinations are trained one after the other, each with its own optimiser
-(AdamW) and warmup-cosine schedule and a data order seeded by (seed, model, combination).
+(``robust.fills``), one checkpoint file each. Combinations are trained one after the other, each
+with its own optimiser (AdamW) and warmup-cosine schedule and a data order seeded by (seed,
+model, fill, combination).
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from typing import Any
 
 import torch
 
-from cmml.families.robust.models import (Dedicated, Setup, adapted, build_trained, dropped_presence,
-                                         ckpt_file, first_per_class, parameter_counts, plain, presence_of, save, stream_seed,
+from cmml.families.robust.models import (Dedicated, Setup, adapted, build_trained, ckpt_file, dropped_presence,
+                                         first_per_class, parameter_counts, plain, presence_of, save, stream_seed,
                                          task_loss)
 from cmml.families.robust.plan import SECTION, all_models
 from cmml.models.adapters import train_only
