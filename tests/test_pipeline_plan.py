@@ -49,7 +49,7 @@ def test_dvc_files_are_small_and_hold_every_stage_once(stages) -> None:
     for path, body in files.items():
         depth = path.count("/")
         assert all(e.get("wdir", ".") == "/".join([".."] * depth or ["."]) for e in body.values()), path
-    assert set(files["dvc.yaml"]) == {"params", "cmml-aggregate", "cmml-report", "index"}
+    assert set(files["dvc.yaml"]) == {"params", "cmml-aggregate", "cmml-report", "robust-report", "index"}
 
 
 def test_plan_is_a_dag_in_topological_order_with_unique_names(stages) -> None:
