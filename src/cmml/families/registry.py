@@ -20,6 +20,7 @@ from typing import Any
 
 FAMILIES: dict[str, str] = {
     "cmml": "cmml.families.cmml.plan",
+    "micl": "cmml.families.micl.plan",
 }
 
 
