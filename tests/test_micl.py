@@ -4,6 +4,7 @@ beam search, data determinism, params validation."""
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -187,3 +188,47 @@ def test_params_validation_and_per_step_values() -> None:
     del bad["micl"]["methods"]["lwf"]["lambda_lwf"]
     with pytest.raises(ConfigError, match="micl.methods.lwf.lambda_lwf"):
         validate(bad, "params.yaml")
+
+
+@pytest.mark.parametrize("kind,safe", [("gpt2", True), ("gpt2", False), ("llama", True)])
+def test_any_causal_lm_loads_from_a_local_directory(tmp_path: Path, kind: str, safe: bool) -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    from cmml.families.micl.model import load_lm
+
+    torch.manual_seed(0)
+    tok = build_tokenizer(vocabulary())
+    if kind == "gpt2":
+        lm = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=16, n_layer=1, n_head=2))
+    else:
+        lm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64))
+    lm.save_pretrained(tmp_path, safe_serialization=safe)
+    tok.save_pretrained(tmp_path)
+    loaded, tok2 = load_lm(tmp_path)
+    ids = torch.tensor([tok("a red disk", add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        assert torch.allclose(loaded(input_ids=ids).logits, lm.eval()(input_ids=ids).logits, atol=1e-6)
+    m = MiclModel(Encoders(8), loaded, tok2, {"r": 2, "alpha": 4, "dropout": 0.0})
+    adapted = {n.split(".")[-1] for n in lora_layers(m.lm)}
+    assert adapted == ({"c_attn"} if kind == "gpt2" else {"q_proj", "v_proj"})
+    ex = [prompt_example(s) for s in samples("audio_cap", 2, m)]
+    assert len(m.generate(ex, CPU, {"num_beams": 2, "max_new_tokens": 3, "repetition_penalty": 1.0})) == 2
+
+
+def test_load_lm_rejects_mismatched_weights(tmp_path: Path) -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from cmml.errors import DataError
+    from cmml.families.micl.model import load_lm
+
+    tok = build_tokenizer(vocabulary())
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=16, n_layer=2, n_head=2)).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    conf = json.loads((tmp_path / "config.json").read_text())
+    conf["n_layer"] = 1
+    (tmp_path / "config.json").write_text(json.dumps(conf))
+    with pytest.raises(DataError, match="unexpected"):
+        load_lm(tmp_path)
+    with pytest.raises(DataError, match="config.json"):
+        load_lm(tmp_path / "nowhere")

@@ -15,6 +15,7 @@ from cmml.cli import main
 from cmml.families.micl.methods.registry import METHODS
 from cmml.pipeline.plan import plan
 
+ROOT = Path(__file__).resolve().parents[1]
 RUNS = {"finetune": "finetune", "joint": "joint", "moincl": "moincl", "moincl_released": "moincl", "lwf": "lwf",
         "replay": "replay", "ewc": "ewc"}
 
@@ -23,7 +24,7 @@ RUNS = {"finetune": "finetune", "joint": "joint", "moincl": "moincl", "moincl_re
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("micl")
     p = small_params(8, {"pretrain": 8, "train": 6, "val": 1, "test": 4}, runs={"finetune_head": {"epochs": 1}})
-    m = p["micl"]
+    p["micl"] = m = yaml.safe_load((ROOT / "params.yaml").read_text())["micl"]
     m["data"].update(train=8, test=4, pretrain_items=30, lm_captions=20, instructions=20)
     m["encoders"]["epochs"] = m["lm"]["epochs"] = 1
     m["generation"].update(num_beams=2, max_new_tokens=4)

@@ -90,6 +90,16 @@ def preload() -> None:
     import torchmetrics.functional.classification  # noqa: F401
     from transformers import ViltConfig, ViltModel, get_cosine_schedule_with_warmup  # noqa: F401 - lazy attributes
 
+    import cmml.families.micl.evaluate  # noqa: F401
+    import cmml.families.micl.pretrain  # noqa: F401
+    from cmml.families.micl.methods.registry import METHODS as MICL_METHODS
+    from cmml.families.micl.methods.registry import method_class
+
+    for name in MICL_METHODS:
+        method_class(name)
+    from peft import LoraConfig, get_peft_model  # noqa: F401
+    from transformers import AutoModelForCausalLM, GPT2LMHeadModel  # noqa: F401 - lazy attributes
+
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `cmml` console script and of `python -m cmml`."""

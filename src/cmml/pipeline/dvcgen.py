@@ -49,6 +49,8 @@ def group(stage: Stage) -> str:
         return "/".join([PIPELINES, parts[0], *seed])
     if stage.family and len(parts) >= 4:  # <family>/<kind>/<setting>/<method>/...
         return "/".join([PIPELINES, stage.family, parts[2], parts[3], *seed])
+    if stage.family and seed:  # <family>/<kind>/seed<k>: a family's own per-seed stage (e.g. its pretraining)
+        return "/".join([PIPELINES, stage.family, parts[1], *seed])
     return ""
 
 

@@ -253,16 +253,36 @@ def save_lm(lm: nn.Module, tokenizer: Any, out: Path) -> None:
 
 
 def load_lm(path: Path) -> tuple[nn.Module, Any]:
-    """Any local ``AutoModelForCausalLM`` directory and its tokenizer; DataError naming it when unreadable."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Any local ``save_pretrained`` directory of an ``AutoModelForCausalLM`` and its tokenizer.
+
+    A single ``model.safetensors`` is read straight into a model built from the config (skips
+    ``from_pretrained``'s weight-conversion set-up, most of a small stage's load time); tied output
+    embeddings may be absent from it, any other missing or unexpected tensor is an error. Other
+    layouts (sharded, ``.bin``) go through ``from_pretrained``.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     if not (path / "config.json").is_file():
         raise DataError(f"{path}: no config.json; expected a save_pretrained directory of a causal LM")
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    lm = AutoModelForCausalLM.from_pretrained(path, local_files_only=True).eval()
+    single = path / "model.safetensors"
+    if single.is_file():
+        from safetensors.torch import load_file
+
+        lm = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path, local_files_only=True))
+        missing, unexpected = lm.load_state_dict(load_file(single), strict=False)
+        lm.tie_weights()
+        out = lm.get_output_embeddings()
+        tied = {n for n, p in lm.named_parameters(remove_duplicate=False)
+                if out is not None and p is out.weight and p is lm.get_input_embeddings().weight}
+        if unexpected or set(missing) - tied:
+            raise DataError(f"{single}: does not match {path / 'config.json'}: missing {sorted(set(missing) - tied)[:4]}, "
+                            f"unexpected {sorted(unexpected)[:4]}")
+    else:
+        lm = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
-    return lm, tok
+    return lm.eval(), tok
 
 
 def load_encoders(path: Path) -> Encoders:

@@ -1,7 +1,7 @@
 """Stage handler ``micl/prepare``: the embedded generative data of the micl family.
 
-Writes ``samples.pt`` (task -> split -> samples, each with its input tensor, captions, question,
-answers and pseudo QA), ``encoders.pt`` (attribute-labelled items for encoder pretraining, their own
+Writes ``inputs.pt`` (task -> split -> the stacked input tensors), ``samples.json`` (task -> split ->
+samples: captions, question, answers, pseudo QA, attributes), ``encoders.pt`` (attribute-labelled items for encoder pretraining, their own
 split), ``corpus.json`` (LM pretraining text and the text-only instruction corpus) and ``tokenizer/``
 (a word-level tokenizer over the closed vocabulary). Every text is checked against the vocabulary.
 """
@@ -50,7 +50,10 @@ def run(stage: Any, params: dict[str, Any]) -> None:
     counts = {t: {k: len(v) for k, v in s.items()} for t, s in samples.items()}
     with stage_run(stage, params, seed=int(params["micl"]["data"]["seed"]), extra={"samples": counts}) as sr:
         out = sr.tmp(a["out"])
-        torch.save(samples, out / "samples.pt")
+        torch.save({t: {k: torch.stack([x["x"] for x in v]) for k, v in s.items()} for t, s in samples.items()},
+                   out / "inputs.pt")
+        meta = {t: {k: [{f: val for f, val in x.items() if f != "x"} for x in v] for k, v in s.items()} for t, s in samples.items()}
+        (out / "samples.json").write_text(json.dumps(meta) + "\n")
         torch.save(enc, out / "encoders.pt")
         (out / "corpus.json").write_text(json.dumps(corpus, indent=1) + "\n")
         build_tokenizer(vocabulary()).save_pretrained(out / "tokenizer")

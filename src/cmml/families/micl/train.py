@@ -30,17 +30,19 @@ CKPT = "ckpt.pt"
 
 
 def load_samples(data: Path, model: MiclModel, tasks: list[str], split: str) -> dict[str, list[dict[str, Any]]]:
-    """Task -> samples of ``split``, each with its frozen encoder ``grid``."""
-    f = data / "samples.pt"
-    if not f.is_file():
-        raise DataError(f"{f}: missing; run the micl prepare stage first")
-    blob = torch.load(f, weights_only=True)
+    """Task -> samples of ``split``, each with its frozen encoder features ``grid``."""
+    for f in (data / "samples.json", data / "inputs.pt"):
+        if not f.is_file():
+            raise DataError(f"{f}: missing; run the micl prepare stage first")
+    meta = json.loads((data / "samples.json").read_text())
+    inputs = torch.load(data / "inputs.pt", weights_only=True)
     out = {}
     with torch.no_grad():
         for t in tasks:
-            samples = blob[t][split]
+            samples, x = meta[t][split], inputs[t][split]
+            if len(samples) != len(x):
+                raise DataError(f"{data}: task {t} split {split}: {len(samples)} samples but {len(x)} inputs")
             if samples:
-                x = torch.stack([s["x"] for s in samples])
                 grids = model.encoders.grid(samples[0]["modality"], encoder_input(samples[0]["modality"], x))
                 for s, g in zip(samples, grids):
                     s["grid"] = g
