@@ -28,7 +28,7 @@ def build(cfg: dict[str, Any]) -> MiclModel:
     torch.manual_seed(0)
     tok = build_tokenizer(vocabulary())
     lm = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=cfg["lm"]["positions"], n_embd=cfg["lm"]["hidden"],
-                                    n_layer=cfg["lm"]["layers"], n_head=cfg["lm"]["heads"], eos_token_id=tok.eos_token_id,
+                                    n_layer=cfg["lm"]["layers"], n_head=cfg["lm"]["heads"], bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
                                     pad_token_id=tok.pad_token_id))
     return MiclModel(Encoders(cfg["encoders"]["width"]), lm, tok, cfg["lora"])
 
@@ -80,7 +80,7 @@ def main() -> None:
         prepared = []
         with torch.no_grad():
             for b in batches:
-                pres = [model.prefix(prompt_example(s), dev) for s in b]
+                pres = model.prefixes([prompt_example(s) for s in b], dev)
                 L = max(len(p) for p in pres)
                 emb = torch.zeros(len(pres), L, pres[0].shape[1])
                 mask = torch.zeros(len(pres), L, dtype=torch.long)

@@ -133,6 +133,7 @@ class MiclModel(nn.Module):
         self.lm = wrap_lora(lm, int(lora["r"]), int(lora["alpha"]), float(lora["dropout"]))
         self.tok = tokenizer
         self.base_delta: dict[str, torch.Tensor] = {}  # merged earlier adapters, per LoRA layer (see merge_lora)
+        self._id_cache: dict[str, list[int]] = {}
 
     # --- parameters -------------------------------------------------------------------------------------
     def trainable(self) -> dict[str, nn.Parameter]:
@@ -186,26 +187,42 @@ class MiclModel(nn.Module):
 
     # --- sequences --------------------------------------------------------------------------------------
     def _ids(self, text: str) -> list[int]:
-        return self.tok(text, add_special_tokens=False)["input_ids"] if text else []
+        """Token ids of ``text`` (memoised: prompts and cues repeat)."""
+        if text not in self._id_cache:
+            self._id_cache[text] = self.tok(text, add_special_tokens=False)["input_ids"] if text else []
+        return self._id_cache[text]
 
     def _embed(self, ids: list[int], device: torch.device) -> torch.Tensor:
         return self.lm.get_input_embeddings()(torch.tensor(ids, dtype=torch.long, device=device))
 
-    def prefix(self, ex: Example, device: torch.device) -> torch.Tensor:
-        """(L, H) embeddings of ``cue + modality tokens + instruction`` (text only when ``ex.modality`` is None)."""
-        parts = []
-        if ex.modality is not None:
-            parts.append(self._embed(self._ids(cue(ex.modality)), device))
-            parts.append(self.adapters[ex.modality](ex.grid.unsqueeze(0).to(device))[0])
-        parts.append(self._embed(self._ids(ex.instruction), device))
-        return torch.cat(parts)
+    def prefixes(self, examples: list[Example], device: torch.device) -> list[torch.Tensor]:
+        """(L_i, H) embeddings of ``cue + modality tokens + instruction`` per example (text only without a modality).
+
+        Each modality's adapter runs once on the stacked inputs of that modality.
+        """
+        tokens: dict[int, torch.Tensor] = {}
+        by_mod: dict[str, list[int]] = {}
+        for i, ex in enumerate(examples):
+            if ex.modality is not None:
+                by_mod.setdefault(ex.modality, []).append(i)
+        for mod, idx in by_mod.items():
+            out = self.adapters[mod](torch.stack([examples[i].grid for i in idx]).to(device))
+            tokens.update(zip(idx, out))
+        rows = []
+        for i, ex in enumerate(examples):
+            if ex.modality is None:
+                rows.append(self._embed(self._ids(ex.instruction), device))
+            else:
+                cue_ids, ins_ids = self._ids(cue(ex.modality)), self._ids(ex.instruction)
+                emb = self._embed(cue_ids + ins_ids, device)
+                rows.append(torch.cat([emb[: len(cue_ids)], tokens[i], emb[len(cue_ids):]]))
+        return rows
 
     def batch(self, examples: list[Example], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Right-padded ``inputs_embeds``, attention mask and labels (-100 off the target + eos)."""
         rows, labels = [], []
         eos = self.tok.eos_token_id
-        for ex in examples:
-            pre = self.prefix(ex, device)
+        for ex, pre in zip(examples, self.prefixes(examples, device)):
             tgt = [*self._ids(ex.target), eos] if ex.target else []
             rows.append(torch.cat([pre, self._embed(tgt, device)]) if tgt else pre)
             labels.append([-100] * len(pre) + tgt)
@@ -233,7 +250,7 @@ class MiclModel(nn.Module):
     @torch.no_grad()
     def generate(self, examples: list[Example], device: torch.device, gen: dict[str, Any]) -> list[str]:
         """Beam-search continuations of each example's prefix (left-padded batch), decoded up to eos."""
-        pres = [self.prefix(ex, device) for ex in examples]
+        pres = self.prefixes(examples, device)
         L, H = max(len(p) for p in pres), pres[0].shape[1]
         emb = torch.zeros(len(pres), L, H, device=device)
         mask = torch.zeros(len(pres), L, dtype=torch.long, device=device)
