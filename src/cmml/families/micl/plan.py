@@ -62,6 +62,7 @@ class Run:
 
     @property
     def key(self) -> str:
+        """``<order>/<method>/seed<k>``: the run's identity in stage names and paths."""
         return f"{self.order}/{self.method}/seed{self.seed}"
 
 

@@ -65,7 +65,7 @@ class MiclMethod:
         """The training loss of one batch and its named parts."""
         logits, _, labels = self.ctx.model.forward_batch(batch, self.ctx.device)
         ce = self.ctx.model.target_loss(logits, labels)
-        return ce, {"ce": float(ce)}
+        return ce, {"ce": ce.item()}
 
     def end_epoch(self, epoch: int) -> None:
         """Called after every epoch."""

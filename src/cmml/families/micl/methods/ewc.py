@@ -30,7 +30,7 @@ class Method(MiclMethod):
             return ce, parts
         params = self.ctx.model.trainable()
         pen = sum((self.fisher[n].to(p.device) * (p - self.anchor[n].to(p.device)) ** 2).sum() for n, p in params.items())
-        return ce + self.ctx.hp["lambda_ewc"] / 2 * pen, {**parts, "ewc": float(pen)}
+        return ce + self.ctx.hp["lambda_ewc"] / 2 * pen, {**parts, "ewc": pen.item()}
 
     def end_task(self) -> dict[str, Any]:
         c = self.ctx

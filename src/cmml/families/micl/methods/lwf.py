@@ -20,9 +20,9 @@ class Method(MiclMethod):
         logits, _, labels = m.forward_batch(batch, dev)
         ce = m.target_loss(logits, labels)
         if self.ctx.previous is None:
-            return ce, {"ce": float(ce)}
+            return ce, {"ce": ce.item()}
         with torch.no_grad():
             old, _, _ = self.ctx.previous.forward_batch(batch, dev)
         rows = labels[:, 1:] != -100
         kl = kl_div(logits[:, :-1][rows], old[:, :-1][rows], self.ctx.hp["temperature"])
-        return ce + self.ctx.hp["lambda_lwf"] * kl, {"ce": float(ce), "kl": float(kl)}
+        return ce + self.ctx.hp["lambda_lwf"] * kl, {"ce": ce.item(), "kl": kl.item()}

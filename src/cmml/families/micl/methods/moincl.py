@@ -81,7 +81,7 @@ class Method(MiclMethod):
         full = batch + pseudo
         logits, _, labels = m.forward_batch(full, c.device)
         total = m.target_loss(logits, labels)
-        parts["ce"] = float(total)
+        parts["ce"] = total.item()
         T = hp["temperature"]
         if pseudo:
             self.pseudo_used += len(pseudo)
@@ -97,7 +97,7 @@ class Method(MiclMethod):
                 rows = old_labels[:, 1:] != -100
                 kl = kl_div(new[:, : L - 1][rows], old[:, :-1][rows], T)
             total = total + hp["lambda_kl"] * kl
-            parts["ptgm_kl"] = float(kl)
+            parts["ptgm_kl"] = kl.item()
         if self.instructions:
             picks = torch.randint(len(self.instructions), (int(hp["ikd_samples"]),), generator=c.generator)
             texts = [Example(None, None, self.instructions[int(i)]) for i in picks]
@@ -107,7 +107,7 @@ class Method(MiclMethod):
             keep = torch.ones_like(mask, dtype=torch.bool) if self.released else mask.bool()
             kl = kl_div(new[keep], old[keep], T)
             total = total + hp["ikd_weight"] * kl
-            parts["ikd_kl"] = float(kl)
+            parts["ikd_kl"] = kl.item()
         return total, parts
 
     def end_epoch(self, epoch: int) -> None:
