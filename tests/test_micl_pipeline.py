@@ -96,3 +96,17 @@ def test_snakemake_sees_the_micl_stages_done(project: Path) -> None:
     micl = {r for r in scheduled if r.startswith("micl_")}
     assert micl == {"micl_evaluate_o_lwf_seed0", "micl_aggregate", "micl_report"}, sorted(micl)
     assert "index" in scheduled  # not run by the test: Snakemake plans the whole DAG, micl included
+
+
+def test_pretrained_lm_is_a_tracked_input_and_needs_a_path(tmp_path: Path) -> None:
+    from cmml.errors import ConfigError
+    from cmml.families.micl.plan import validate
+
+    p = small_params(8, {"pretrain": 8, "train": 6, "val": 1, "test": 4}, runs={"finetune_head": {"epochs": 1}})
+    p["micl"] = yaml.safe_load((ROOT / "params.yaml").read_text())["micl"]
+    p["micl"]["lm"].update(source="pretrained", path="")
+    with pytest.raises(ConfigError, match="micl.lm.path"):
+        validate(p, "params.yaml")
+    p["micl"]["lm"]["path"] = "models/my-lm"
+    pre = [s for s in plan(p) if s.name.startswith("micl/pretrain/")]
+    assert pre and all("models/my-lm" in s.deps for s in pre)

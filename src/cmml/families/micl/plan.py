@@ -106,6 +106,9 @@ def validate(params: dict[str, Any], where: str) -> None:
                 raise ConfigError(f"{where}: key '{SECTION}.{block}.{k}' must be >= 0, got {body[k]}")
     if sec["lm"]["source"] not in ("tiny", "pretrained"):
         raise ConfigError(f"{where}: key '{SECTION}.lm.source' must be 'tiny' or 'pretrained', got {sec['lm']['source']!r}")
+    if sec["lm"]["source"] == "pretrained" and not sec["lm"]["path"]:
+        raise ConfigError(f"{where}: key '{SECTION}.lm.path' must name a local save_pretrained directory when "
+                          f"{SECTION}.lm.source is 'pretrained'")
     if sec["lm"]["hidden"] % max(sec["lm"]["heads"], 1):
         raise ConfigError(f"{where}: key '{SECTION}.lm.hidden' must be divisible by {SECTION}.lm.heads")
     orders = sec.get("orders")
@@ -209,10 +212,11 @@ def plan(params: dict[str, Any], data: Any, params_file: str) -> list[Stage]:
     stages.append(stage(name=f"{SECTION}/prepare", handler="cmml.families.micl.prepare", args={"out": DATA}, deps=[],
                         outs=[DATA], dir_outs=[DATA], params=[f"{SECTION}.data"], sidecar=dir_sidecar(DATA)))
     all_runs = runs(params)
+    lm_dir = [sec["lm"]["path"]] if sec["lm"]["source"] == "pretrained" else []  # an imported LM is a tracked input
     for seed in sorted({r.seed for r in all_runs}):
         out = f"runs/{SECTION}/pretrain/seed{seed}"
         stages.append(stage(name=f"{SECTION}/pretrain/seed{seed}", handler="cmml.families.micl.pretrain",
-                            args={"seed": seed, "data": DATA, "out": out}, deps=[DATA], outs=[out], dir_outs=[out],
+                            args={"seed": seed, "data": DATA, "out": out}, deps=[DATA, *lm_dir], outs=[out], dir_outs=[out],
                             params=[f"{SECTION}.encoders", f"{SECTION}.lm", *RUNTIME], sidecar=dir_sidecar(out), gpu=True))
     evals = []
     model_keys = [f"{SECTION}.lora", *RUNTIME]
