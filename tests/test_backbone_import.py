@@ -19,6 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def params(ref: str) -> dict:
     p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    p.pop("robust", None)  # the cmml family only
+    p.pop("micl", None)  # the cmml family only (tests/test_micl_pipeline.py runs micl)
     p["benchmark"].update(num_classes=4, per_class={"pretrain": 1, "train": 4, "val": 1, "test": 2})
     p["tasks"]["num_tasks"] = 2
     p["backbone"].update(source="pretrained", pretrained=ref)

@@ -25,6 +25,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for item in ("workflow", "src"):
         shutil.copytree(ROOT / item, root / item, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    p.pop("robust", None)  # the cmml family only
+    p.pop("micl", None)  # the cmml family only (tests/test_micl_pipeline.py runs micl)
     p["cmml"]["experiments"] = {"main": {"methods": ["finetune_head", "joint"], "settings": ["both70"], "seeds": [0]}}
     (root / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     return root

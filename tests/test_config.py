@@ -46,7 +46,7 @@ def test_default_params_are_valid() -> None:
     (lambda p: p["data"].update(fill="noise"), "key 'data.fill' must be one of ['map', 'zeros'], got 'noise'"),
     (lambda p: p["cmml"]["experiments"]["main"].update(settings=["nosuch"]), "'cmml.experiments.main.settings' names 'nosuch'"),
     (lambda p: p["cmml"]["methods"]["finetune_full"].update(base="finetune_full"), "forms a cycle"),
-    (lambda p: p.pop("cmml"), "no experiment family configured"),
+    (lambda p: [p.pop(f) for f in ("cmml", "robust", "micl")], "no experiment family configured"),
 ])
 def test_bad_params_name_the_key(tmp_path: Path, edit, needle: str) -> None:
     path = write(tmp_path, edit)

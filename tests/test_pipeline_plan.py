@@ -40,16 +40,17 @@ def test_dvc_files_are_small_and_hold_every_stage_once(stages) -> None:
     held = [n for body in files.values() for n in body]
     assert sorted(held) == sorted(s.dvc_name for s in stages)
     params = load(ROOT / "params.yaml")
-    T = params["tasks"]["num_tasks"]
-    runs = {p: len(b) for p, b in files.items() if p.startswith("pipelines/cmml/")}
+    T = max(params["tasks"]["num_tasks"], *(len(o) for o in params.get("micl", {}).get("orders", {}).values()))
+    runs = {p: len(b) for p, b in files.items() if p.startswith(("pipelines/cmml/", "pipelines/micl/"))}
     assert max(runs.values()) <= T + 1, runs  # one run's tasks + its evaluation
     data = {p: len(b) for p, b in files.items() if p.startswith("pipelines/data/")}
     assert max(data.values()) <= len(params["settings"]) + 1, data  # a seed's missing tables + its backbone
-    assert all(re.search(r"/seed\d+/dvc.yaml$", p) for p in files if p.startswith("pipelines/cmml/"))
+    assert all(re.search(r"/seed\d+/dvc.yaml$", p) for p in files if p.startswith(("pipelines/cmml/", "pipelines/micl/")))
     for path, body in files.items():
         depth = path.count("/")
         assert all(e.get("wdir", ".") == "/".join([".."] * depth or ["."]) for e in body.values()), path
-    assert set(files["dvc.yaml"]) == {"params", "cmml-aggregate", "cmml-report", "index"}
+    micl = {"micl-prepare", "micl-aggregate", "micl-report"} if "micl" in params else set()  # its data stage too
+    assert set(files["dvc.yaml"]) == {"params", "cmml-aggregate", "cmml-report", "robust-report", "index", *micl}
 
 
 def test_plan_is_a_dag_in_topological_order_with_unique_names(stages) -> None:

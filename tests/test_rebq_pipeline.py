@@ -45,6 +45,8 @@ BENCH = "runs/cmml/embedded"
 
 def tiny_params() -> dict:
     p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    p.pop("robust", None)  # the cmml family only
+    p.pop("micl", None)  # the cmml family only (tests/test_micl_pipeline.py runs micl)
     p["benchmark"].update(num_classes=8, per_class={"pretrain": 24, "train": 16, "val": 2, "test": 8})
     p["tasks"]["num_tasks"] = 2
     # 6 epochs are not enough: the probe then scores text-only above complete (43.8 vs 29.7);

@@ -104,6 +104,13 @@ def preload() -> None:
 
     get_checkpoint_conversion_mapping("vilt")  # builds transformers' weight-renaming table (~0.3 s) once, not per load
     closure(all_modules())  # parses every module once: each stage's plan derives code deps from the same trees
+    from cmml.families.micl.methods.registry import METHODS as MICL_METHODS
+    from cmml.families.micl.methods.registry import method_class
+
+    for name in MICL_METHODS:
+        method_class(name)
+    from peft import LoraConfig, get_peft_model  # noqa: F401
+    from transformers import AutoModelForCausalLM, GPT2LMHeadModel  # noqa: F401 - lazy attributes
 
 
 def main(argv: list[str] | None = None) -> int:

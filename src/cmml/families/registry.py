@@ -20,6 +20,8 @@ from typing import Any
 
 FAMILIES: dict[str, str] = {
     "cmml": "cmml.families.cmml.plan",
+    "robust": "cmml.families.robust.plan",
+    "micl": "cmml.families.micl.plan",
 }
 
 

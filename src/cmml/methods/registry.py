@@ -35,6 +35,7 @@ METHODS: dict[str, Entry] = {
     "ewc": Entry("cmml.methods.ewc"),
     "lwf": Entry("cmml.methods.lwf"),
     "er": Entry("cmml.methods.er"),
+    "ssf": Entry("cmml.methods.ssf"),
 }
 
 

@@ -7,7 +7,8 @@ with the stages a file holds. So the plan is rendered into one dvc.yaml per stag
 ``dvc.yaml`` holds the params stage and the families' aggregate/report stages plus the index,
 ``pipelines/code`` the code fingerprints, ``pipelines/data`` the seed-independent data stages and
 ``pipelines/data/seed<k>`` one seed's missing tables and backbone, and
-``pipelines/<family>/<setting>/<method>/seed<k>`` one run's train and evaluate stages. Every stage
+``pipelines/<family>/<setting>/<method>/seed<k>`` one run's train and evaluate stages (in general: a
+family stage's name parts between its kind and its seed, e.g. ``pipelines/robust/ssf/seed<k>``). Every stage
 runs from the repository root (``wdir``), so commands and paths are the same as Snakemake's.
 ``dvc repro`` reproduces the root file's stages and everything they depend on, i.e. the whole DAG;
 the other files' stages are addressed as ``<file>:<stage>``.
@@ -47,8 +48,8 @@ def group(stage: Stage) -> str:
     seed = [p for p in parts if SEED.fullmatch(p)][-1:]
     if parts[0] in (CODE_STAGE, "data"):
         return "/".join([PIPELINES, parts[0], *seed])
-    if stage.family and len(parts) >= 4:  # <family>/<kind>/<setting>/<method>/...
-        return "/".join([PIPELINES, stage.family, parts[2], parts[3], *seed])
+    if stage.family and seed:  # <family>/<kind>/<setting>/<method>/seed<k>/..., or fewer parts before the seed
+        return "/".join([PIPELINES, stage.family, *parts[2:parts.index(seed[0])], *seed])
     return ""
 
 

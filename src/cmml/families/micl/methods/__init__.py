@@ -1,0 +1,1 @@
+"""Continual-learning methods of the micl family, one module each behind :class:`.base.MiclMethod`."""

@@ -1,0 +1,125 @@
+"""Stage handler ``micl/train/<order>/<run>/seed<k>/task<t>``: train step t of one run from step t-1's checkpoint.
+
+The checkpoint (``ckpt.pt``) holds the trainable tensors (adapters, LoRA, merged LoRA deltas) and
+the method's state; joint training has one stage that sees every task of the order. AdamW with a
+linear warm-up then cosine decay, a fixed number of epochs (no early stopping: there is no val split
+at this scale), the last partial batch of each epoch kept.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cmml.errors import DataError
+from cmml.families.micl.data import encoder_input
+from cmml.families.micl.examples import to_example
+from cmml.families.micl.methods.base import MethodContext
+from cmml.families.micl.methods.registry import method_class
+from cmml.families.micl.model import MiclModel, build_model
+from cmml.pipeline.atomic import write_json
+from cmml.provenance.sidecar import stage_run
+from cmml.train.device import seed_everything, select_device
+
+CKPT = "ckpt.pt"
+
+
+def load_samples(data: Path, model: MiclModel, tasks: list[str], split: str) -> dict[str, list[dict[str, Any]]]:
+    """Task -> samples of ``split``, each with its frozen encoder features ``grid``."""
+    for f in (data / "samples.json", data / "inputs.pt"):
+        if not f.is_file():
+            raise DataError(f"{f}: missing; run the micl prepare stage first")
+    meta = json.loads((data / "samples.json").read_text())
+    inputs = torch.load(data / "inputs.pt", weights_only=True)
+    out = {}
+    with torch.no_grad():
+        for t in tasks:
+            samples, x = meta[t][split], inputs[t][split]
+            if len(samples) != len(x):
+                raise DataError(f"{data}: task {t} split {split}: {len(samples)} samples but {len(x)} inputs")
+            if samples:
+                grids = model.encoders.grid(samples[0]["modality"], encoder_input(samples[0]["modality"], x))
+                for s, g in zip(samples, grids):
+                    s["grid"] = g
+            out[t] = samples
+    return out
+
+
+def load_checkpoint(path: Path, model: MiclModel) -> dict[str, Any]:
+    """Restore a train stage's checkpoint into ``model``; the method state it holds."""
+    f = path / CKPT
+    if not f.is_file():
+        raise DataError(f"{f}: missing; run the previous train stage first")
+    blob = torch.load(f, map_location="cpu", weights_only=True)
+    model.load_trainable_state(blob["trainable"], str(f))
+    return blob["extra"]
+
+
+def frozen(model: MiclModel) -> MiclModel:
+    """A frozen, eval-mode copy of ``model``."""
+    return copy.deepcopy(model).eval().requires_grad_(False)
+
+
+def run(stage: Any, params: dict[str, Any]) -> None:
+    """Train one step of one run and write its checkpoint."""
+    a, cfg = stage.args, params["micl"]
+    step, seed = int(a["task"]), int(a["seed"])
+    device = select_device(params["runtime"])
+    seed_everything(seed * 1000 + step)
+    gen = torch.Generator().manual_seed(seed * 1000 + step)
+    model = build_model(Path(a["pretrained"]), cfg["lora"])
+    extra: dict[str, Any] = load_checkpoint(Path(a["prev"]), model) if a["prev"] else {}
+    cls = method_class(a["method"])
+    tasks = list(a["tasks"])
+    data = load_samples(Path(a["data"]), model, tasks[: step + 1], "train")
+    corpus = json.loads((Path(a["data"]) / "corpus.json").read_text())
+    model.to(device.device)
+    previous = frozen(model) if cls.NEEDS_PREVIOUS and step > 0 else None
+    hp = a["hparams"]
+    ctx = MethodContext(hp=hp, model=model, step=step, tasks=tasks, generator=gen, device=device.device,
+                        previous=previous, extra=extra, data=data, instructions=corpus["instructions"],
+                        generation=cfg["generation"])
+    method = cls(ctx)
+    if method.merge_at_start():
+        model.merge_lora(gen)
+    method.begin_task()
+    pool = [s for t in (tasks if cls.JOINT else [tasks[step]]) for s in data[t]]
+    bs, epochs = int(hp["batch_size"]), int(hp["epochs"])
+    steps = epochs * math.ceil(len(pool) / bs)
+    params_ = list(model.trainable().values())
+    opt = torch.optim.AdamW(params_, lr=float(hp["lr"]), weight_decay=float(hp["weight_decay"]))
+    warm = max(1, int(float(hp["warmup"]) * steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda k: (k + 1) / warm if k < warm else 0.5 * (1 + math.cos(math.pi * (k - warm) / max(1, steps - warm))))
+    log: dict[str, list[float]] = {}
+    model.train()
+    model.encoders.eval()
+    for epoch in range(epochs):
+        sums: dict[str, float] = {}
+        order = torch.randperm(len(pool), generator=gen).tolist()
+        for k in range(0, len(pool), bs):
+            batch = [to_example(pool[i], gen) for i in order[k:k + bs]]
+            loss, parts = method.loss(batch)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            for n, v in parts.items():
+                sums[n] = sums.get(n, 0.0) + v
+        n_batches = math.ceil(len(pool) / bs)
+        for n, v in sums.items():
+            log.setdefault(n, []).append(round(v / n_batches, 4))
+        method.end_epoch(epoch)
+    model.eval()
+    state = method.end_task()
+    info = {"task": tasks[step] if not cls.JOINT else tasks, "train_samples": len(pool), "steps": steps,
+            "loss_per_epoch": log, **{k: v for k, v in state.items() if isinstance(v, (int, float, str))}}
+    with stage_run(stage, params, seed=seed, device=device.describe(), extra={"train": info}) as sr:
+        out = sr.tmp(a["out"])
+        torch.save({"trainable": {k: v.cpu() for k, v in model.trainable_state().items()}, "extra": state}, out / CKPT)
+        write_json(out / "train_log.json", info)
