@@ -42,3 +42,13 @@ def test_status_names_params_code_data_and_missing(tmp_path: Path, monkeypatch: 
     Path("runs/cmml/embedded/both70/finetune_head/seed0/eval.prov.json").unlink()
     assert states(plan(p), p)["cmml/evaluate/both70/finetune_head/seed0"] == "missing"
     assert main(["status"]) == 0
+
+
+def test_status_groups_every_family_of_the_default_params(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """The default params.yaml (all families) in an empty project: every group listed as missing."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    assert main(["status"]) == 0
+    groups = {line.split()[0] for line in capsys.readouterr().out.splitlines() if not line.startswith(" ")}
+    assert {"cmml/main", "cmml/zoo", "robust", "micl/order1", "micl/order2", "index"} <= groups

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cmml.config import subset
+from cmml.families.registry import FAMILIES
 from cmml.pipeline.sources import fingerprint_text
 from cmml.pipeline.stage import Stage
 
@@ -83,7 +84,7 @@ def report(stages: list[Stage], params: dict[str, Any]) -> list[str]:
         if state != "done":
             examples.setdefault(f"{group}|{state}", name)
 
-    experiments = {fam: params[fam].get("experiments", {}) for fam in ("cmml", "robust", "micl") if fam in params}
+    experiments = {fam: params[fam].get("experiments", {}) for fam in FAMILIES if fam in params}
     for s in stages:
         if not s.family:
             add(s.name.split("/")[0], st[s.name], s.name)
@@ -93,11 +94,12 @@ def report(stages: list[Stage], params: dict[str, Any]) -> list[str]:
         if len(parts) >= 5:
             seed = int(parts[4].removeprefix("seed"))
             for exp, body in experiments.get(s.family, {}).items():
-                if parts[3] in body["methods"] and parts[2] in body["settings"] and seed in body["seeds"]:
+                if (parts[3] in body.get("methods", ()) and parts[2] in body.get("settings", ())
+                        and seed in body.get("seeds", ())):
                     add(f"{s.family}/{exp}", st[s.name], s.name)
                     hit = True
-        if not hit:
-            add(s.family, st[s.name], s.name)
+        if not hit:  # a family without experiments groups by its third name part (e.g. micl's task order)
+            add(f"{s.family}/{parts[2]}" if len(parts) >= 5 else s.family, st[s.name], s.name)
     lines = []
     for group, counts in groups.items():
         parts = [f"{k} {n}" for k, n in sorted(counts.items())]
