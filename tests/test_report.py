@@ -58,6 +58,7 @@ def params(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
     raw = yaml.safe_load((tmp_path / "params.yaml").read_text())
     raw.pop("robust", None)  # the cmml family only
+    raw.pop("micl", None)
     raw["tasks"]["num_tasks"] = 3
     raw["cmml"]["experiments"] = {"main": {"methods": ["finetune_head", "joint"], "settings": ["both70"], "seeds": [0, 1]}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
