@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from small import keep_families
 from cmml.cli import main
 from cmml.models.backbone import backbone_digest, new_vilt, tiny_config
 from cmml.pipeline.plan import find, plan
@@ -19,8 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def params(ref: str) -> dict:
     p = yaml.safe_load((ROOT / "params.yaml").read_text())
-    p.pop("robust", None)  # the cmml family only
-    p.pop("micl", None)  # the cmml family only (tests/test_micl_pipeline.py runs micl)
+    keep_families(p)  # the cmml family only
     p["benchmark"].update(num_classes=4, per_class={"pretrain": 1, "train": 4, "val": 1, "test": 2})
     p["tasks"]["num_tasks"] = 2
     p["backbone"].update(source="pretrained", pretrained=ref)

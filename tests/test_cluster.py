@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from small import keep_families
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.e2e
@@ -25,8 +27,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for item in ("workflow", "src"):
         shutil.copytree(ROOT / item, root / item, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     p = yaml.safe_load((ROOT / "params.yaml").read_text())
-    p.pop("robust", None)  # the cmml family only
-    p.pop("micl", None)  # the cmml family only (tests/test_micl_pipeline.py runs micl)
+    keep_families(p)  # the cmml family only
     p["cmml"]["experiments"] = {"main": {"methods": ["finetune_head", "joint"], "settings": ["both70"], "seeds": [0]}}
     (root / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     return root

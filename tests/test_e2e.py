@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from small import keep_families
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.e2e
@@ -23,8 +25,7 @@ pytestmark = pytest.mark.e2e
 
 def minimal_params() -> dict:
     p = yaml.safe_load((ROOT / "params.yaml").read_text())
-    p.pop("robust", None)  # the cmml family only
-    p.pop("micl", None)  # the cmml family only (tests/test_micl_pipeline.py runs micl)
+    keep_families(p)  # the cmml family only
     p["benchmark"].update(num_classes=8, per_class={"pretrain": 12, "train": 12, "val": 2, "test": 8})
     p["tasks"]["num_tasks"] = 2
     p["pretrain"].update(epochs=2)

@@ -22,6 +22,8 @@ from typing import Any
 
 import yaml
 
+from small import keep_families
+
 ROOT = Path(__file__).resolve().parents[1]
 BACKBONES = "runs/data/embedded/backbone"
 STAGE = "data/pretrain/seed0"
@@ -31,8 +33,7 @@ def make_project(root: Path, epochs: int) -> dict[str, Any]:
     """A project copy whose pretrain stage takes far longer than the test waits (50 epochs)."""
     shutil.copytree(ROOT / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     p = yaml.safe_load((ROOT / "params.yaml").read_text())
-    p.pop("robust", None)  # the cmml family only
-    p.pop("micl", None)  # the cmml family only (tests/test_micl_pipeline.py runs micl)
+    keep_families(p)  # the cmml family only
     p["benchmark"].update(num_classes=8, per_class={"pretrain": 60, "train": 4, "val": 1, "test": 4})
     p["tasks"]["num_tasks"] = 2
     p["pretrain"]["epochs"] = epochs

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from small import keep_families
 from cmml.pipeline.plan import plan
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,8 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_multilabel_chain_scores_f1(tmp_path: Path) -> None:
     p = yaml.safe_load((ROOT / "params.yaml").read_text())
-    p.pop("robust", None)  # the cmml family only
-    p.pop("micl", None)  # the cmml family only (tests/test_micl_pipeline.py runs micl)
+    keep_families(p)  # the cmml family only
     p["benchmark"].update(variant="multi", max_text_len=25, num_classes=8, per_class={"pretrain": 16, "train": 12, "val": 2, "test": 8})
     p["tasks"]["num_tasks"] = 2
     p["pretrain"]["epochs"] = 3

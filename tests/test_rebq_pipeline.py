@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from small import keep_families
 from cmml.data.dataset import load_split
 from cmml.data.modality import TEXT_MISSING
 from cmml.methods.base import TaskContext
@@ -45,8 +46,7 @@ BENCH = "runs/cmml/embedded"
 
 def tiny_params() -> dict:
     p = yaml.safe_load((ROOT / "params.yaml").read_text())
-    p.pop("robust", None)  # the cmml family only
-    p.pop("micl", None)  # the cmml family only (tests/test_micl_pipeline.py runs micl)
+    keep_families(p)  # the cmml family only
     p["benchmark"].update(num_classes=8, per_class={"pretrain": 24, "train": 16, "val": 2, "test": 8})
     p["tasks"]["num_tasks"] = 2
     # 6 epochs are not enough: the probe then scores text-only above complete (43.8 vs 29.7);

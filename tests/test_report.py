@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
+from small import keep_families
 from cmml.errors import DataError
 from cmml.families.cmml import aggregate, report
 from cmml.families.cmml.runs import INIT_ROW as INIT_TASK
@@ -57,8 +58,7 @@ def params(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """params.yaml with 2 methods x 1 setting x 2 seeds, T=3, in a tmp cwd."""
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
     raw = yaml.safe_load((tmp_path / "params.yaml").read_text())
-    raw.pop("robust", None)  # the cmml family only
-    raw.pop("micl", None)
+    keep_families(raw)  # the cmml family only
     raw["tasks"]["num_tasks"] = 3
     raw["cmml"]["experiments"] = {"main": {"methods": ["finetune_head", "joint"], "settings": ["both70"], "seeds": [0, 1]}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
