@@ -145,8 +145,9 @@ def tasks_png(setting: str) -> str:
     return f"{CURVES}/{setting}__tasks.png"
 
 
-def document(params: dict[str, Any], bench: str, groups: dict[str, dict[str, Any]], all_runs: list[Run]) -> list[Block]:
-    """The report's content, independent of the output format."""
+def document(params: dict[str, Any], bench: str, groups: dict[str, dict[str, Any]], all_runs: list[Run],
+             curves: dict[str, dict[str, list[tuple[float, str]]]]) -> list[Block]:
+    """The report's content, independent of the output format (``curves``: :func:`rate_curves`)."""
     blocks: list[Block] = [
         ("h1", params["report"]["title"]),
         ("p", f"Benchmark `{bench}`. Data: [per-seed metrics (CSV)](../summary.csv), "
@@ -157,7 +158,8 @@ def document(params: dict[str, Any], bench: str, groups: dict[str, dict[str, Any
         ("h2", "AP per method and setting"),
         ("img", "AP per setting (mean over seeds, error bar: std over seeds); '–': not run in that setting.", AP_PLOT),
     ]
-    settings = list(grouped(all_runs))
+    order = grouped(all_runs)
+    settings = list(order)
     methods = list(dict.fromkeys(r.method for r in all_runs))
     for key, label in MAIN_COLUMNS:
         blocks += [
@@ -166,7 +168,6 @@ def document(params: dict[str, Any], bench: str, groups: dict[str, dict[str, Any
              [[m, *(f"{mean_std(groups[f'{s}/{m}'][key])} (n={groups[f'{s}/{m}']['n_seeds']})" if f"{s}/{m}" in groups
                     else "–" for s in settings)] for m in methods]),
         ]
-    curves = rate_curves(params["settings"], all_runs, groups)
     if curves:
         blocks += [
             ("h2", "AP and forgetting against the missing rate"),
@@ -184,9 +185,9 @@ def document(params: dict[str, Any], bench: str, groups: dict[str, dict[str, Any
         ("table", ["Method", "Parameters", "% of the backbone"],
          [[m, f"{p['trained']:,}", f"{100 * p['trained'] / p['backbone']:.2f}"] for m, p in first.items()]),
     ]
-    for setting, methods in grouped(all_runs).items():
+    for setting, by_method in order.items():
         spec = params["settings"][setting]
-        others = [f"{m}: " + ", ".join(f"[seed {r.seed}]({heatmap_png(r)})" for r in rs[1:]) for m, rs in methods.items() if len(rs) > 1]
+        others = [f"{m}: " + ", ".join(f"[seed {r.seed}]({heatmap_png(r)})" for r in rs[1:]) for m, rs in by_method.items() if len(rs) > 1]
         blocks += [
             ("h2", f"Setting `{setting}`"),
             ("p", f"Missing modalities. Train: {describe(spec['train'], spec['both_ratio'])}; "
@@ -194,10 +195,10 @@ def document(params: dict[str, Any], bench: str, groups: dict[str, dict[str, Any
             ("h3", "Performance and forgetting"),
             ("table", ["Method", "Metric", *(label for _, label in MAIN_COLUMNS), "Seeds"],
              [[m, groups[f"{setting}/{m}"]["metric"], *(mean_std(groups[f"{setting}/{m}"][k]) for k, _ in MAIN_COLUMNS),
-               str(groups[f"{setting}/{m}"]["n_seeds"])] for m in methods]),
+               str(groups[f"{setting}/{m}"]["n_seeds"])] for m in by_method]),
             ("h3", "Transfer"),
             ("table", ["Method", *(label for _, label in TRANSFER_COLUMNS)],
-             [[m, *(mean_std(groups[f"{setting}/{m}"][k]) for k, _ in TRANSFER_COLUMNS)] for m in methods]),
+             [[m, *(mean_std(groups[f"{setting}/{m}"][k]) for k, _ in TRANSFER_COLUMNS)] for m in by_method]),
             ("h3", "Average score on the tasks seen so far"),
             ("img", "`mean_{j<=i} R[i][j]` after each task i, mean over seeds (after the last task: AP).", seen_png(setting)),
             ("h3", "Score on each task during training"),
@@ -205,7 +206,7 @@ def document(params: dict[str, Any], bench: str, groups: dict[str, dict[str, Any
                     "dotted: before task j is trained.", tasks_png(setting)),
             ("h3", "Score matrices"),
             ("gallery", "`R[i][j]` of each method's first seed (colour: 0 to 100; grey: not evaluated; "
-                        "row init: the untrained model).", [(f"{m}, seed {rs[0].seed}", heatmap_png(rs[0])) for m, rs in methods.items()]),
+                        "row init: the untrained model).", [(f"{m}, seed {rs[0].seed}", heatmap_png(rs[0])) for m, rs in by_method.items()]),
         ]
         if others:
             blocks += [("p", "Heatmaps of the other seeds:"), ("ul", others)]
@@ -372,7 +373,8 @@ def run(stage: Any, params: dict[str, Any]) -> None:
     order = grouped(all_runs)
     methods = list(dict.fromkeys(r.method for r in all_runs))
     colors = dict(zip(methods, palette(len(methods))))
-    blocks = document(params, bench, groups, all_runs)
+    curves = rate_curves(params["settings"], all_runs, groups)
+    blocks = document(params, bench, groups, all_runs, curves)
 
     sr = stage_run(stage, params)
     with sr:
@@ -382,7 +384,6 @@ def run(stage: Any, params: dict[str, Any]) -> None:
         for r, (_, values) in matrices.items():
             plot_heatmap(out / heatmap_png(r), f"{r.setting} / {r.method} / seed {r.seed}", tasks, values)
         plot_ap(out / AP_PLOT, list(order), methods, groups, colors)
-        curves = rate_curves(params["settings"], all_runs, groups)
         if curves:
             plot_missing_rate(out / RATE_PLOT, curves, groups, colors)
         for setting, by_method in order.items():
