@@ -160,15 +160,27 @@ def test_delegated_stage_behaves_like_a_direct_run(project: Path) -> None:
         assert server.wait(timeout=30) == 0 and not sock.exists()
 
 
+def stop_workers(sock: Path) -> None:
+    """Stop every worker serving ``sock`` and wait until they are gone."""
+    for pid in workers_serving(sock):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: not workers_serving(sock), "the spawned worker to stop", timeout=30)
+
+
 def test_without_worker_the_client_runs_the_stage_itself(project: Path) -> None:
     sock = socket_of(project)
     assert not sock.exists()
     proc = run_cmml(project, "run", BAD)  # the worker is enabled, but none listens
     assert proc.returncode == 2 and f"no stage named {BAD!r}" in proc.stderr
-    proc = run_cmml(project, "run", "data/prepare")
-    assert proc.returncode == 0, proc.stderr
-    assert sidecar(project, f"{BENCH}/prepared")["env"]["via_worker"] is False
-    assert not sock.exists() and not workers_serving(sock)  # a data stage starts no worker
+    assert not sock.exists() and not workers_serving(sock)  # a refused command starts no worker
+    try:
+        proc = run_cmml(project, "run", "data/prepare")
+        assert proc.returncode == 0, proc.stderr
+        assert sidecar(project, f"{BENCH}/prepared")["env"]["via_worker"] is False
+        wait_for(sock.exists, "the worker a direct stage starts for the next ones")
+    finally:
+        stop_workers(sock)
 
 
 def test_a_direct_model_stage_starts_the_worker_that_serves_the_next(project: Path) -> None:
@@ -190,7 +202,4 @@ def test_a_direct_model_stage_starts_the_worker_that_serves_the_next(project: Pa
         assert model_files(project, 0) == direct  # the same model either way
         assert len(workers_serving(sock)) == 1  # a model stage in the worker starts no second one
     finally:
-        for pid in workers_serving(sock):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-        wait_for(lambda: not workers_serving(sock), "the spawned worker to stop", timeout=30)
+        stop_workers(sock)

@@ -67,8 +67,7 @@ def run_stage(name: str, params_file: str) -> int:
 
         check_current(params_file)
     stage = find(plan(params, params_file), name)
-    if stage.gpu:
-        spawn()  # later model stages of this project run in a warm process
+    spawn()  # later stages of this project run in a warm process (a no-op while one serves it)
     if stage.nproc > 1 and "LOCAL_RANK" not in os.environ:
         from cmml.train.distributed import launch
 

@@ -9,13 +9,14 @@ from cmml.config import subset
 from cmml.errors import CmmlError
 from cmml.pipeline.fingerprints import refresh
 from cmml.pipeline.plan import load, plan
+from cmml.pipeline.worker import spawn
 from cmml.pipeline.workspace import OWNER_ENV, claim, release
 from cmml.provenance.dvclock import main as dvc_lock
 
 PARAMS_FILE = "params.yaml"
 
 with open(PARAMS_FILE) as _fh:
-    if config != yaml.safe_load(_fh):
+    if config != yaml.load(_fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
         raise WorkflowError(
             f"the Snakemake config differs from {PARAMS_FILE}: edit {PARAMS_FILE} instead of passing "
             "--config/--configfile (the stage commands and DVC read the file, so overrides would be ignored)"
@@ -39,6 +40,7 @@ if not workflow.dryrun:
     except CmmlError as _exc:
         raise WorkflowError(str(_exc))
     os.environ[OWNER_ENV] = RUN_TOKEN
+    spawn()  # the warm stage worker (src/cmml/pipeline/worker.py) preloads while the DAG is built
 
 
 def stage_params(stage):

@@ -25,6 +25,7 @@ SRC = Path("src")
 PKG_DIR = Path(__file__).resolve().parents[1]  # .../src/cmml
 
 
+@lru_cache(maxsize=None)
 def module_file(module: str) -> Path | None:
     """Source file of a ``cmml`` module (package ``__init__.py`` or module file), None if absent."""
     parts = module.split(".")
@@ -37,6 +38,7 @@ def module_file(module: str) -> Path | None:
     return None
 
 
+@lru_cache(maxsize=None)
 def rel_path(module: str) -> str:
     """Repository-relative posix path of a module's file (``src/cmml/...``)."""
     f = module_file(module)
@@ -150,7 +152,9 @@ def fingerprint(module: str) -> str:
 
 
 def clear_caches() -> None:
-    """Forget parsed modules and fingerprints (after source files changed in this process)."""
+    """Forget module files, parsed modules and fingerprints (after source files changed in this process)."""
+    module_file.cache_clear()
+    rel_path.cache_clear()
     _parsed.cache_clear()
     fingerprint.cache_clear()
 
