@@ -18,7 +18,7 @@ import yaml
 
 from cmml.pipeline import sources
 from cmml.pipeline.dvcgen import differences, expected, render
-from cmml.pipeline.plan import load, plan
+from cmml.pipeline.plan import critical_depths, load, plan
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,6 +64,22 @@ def test_plan_is_a_dag_in_topological_order_with_unique_names(stages) -> None:
             else:
                 assert d in produced, f"{s.name}: dep {d} not produced upstream"
         produced.update(s.outs)
+
+
+def test_critical_depths_put_long_chains_first(stages) -> None:
+    """Snakemake's priorities: a stage is deeper than everything it feeds, a task chain counts down."""
+    depth = critical_depths(stages)
+    producer = {o: s.name for s in stages for o in s.outs}
+    for s in stages:
+        for d in s.all_deps:
+            if d in producer:
+                assert depth[producer[d]] > depth[s.name], (producer[d], s.name)
+    chain = [depth[f"cmml/train/both70/rebq/seed0/task{t}"] for t in range(5)]
+    assert chain == list(range(chain[0], chain[0] - 5, -1))
+    assert depth["cmml/evaluate/both70/rebq/seed0"] == chain[-1] - 1 and depth["index"] == 1
+    assert depth["data/pretrain/seed0"] > chain[0]
+    text = (ROOT / "workflow/rules/stages.smk").read_text()
+    assert "priority: PRIORITY[_stage.name]" in text and "critical_depths(STAGES)" in (ROOT / "workflow/rules/common.smk").read_text()
 
 
 def test_task_chain_per_seed_backbone_and_param_keys(stages) -> None:

@@ -19,6 +19,7 @@ for _stage in STAGES:
         log:
             f"logs/{_stage.name}.log",
         threads: stage_threads(_stage)
+        priority: PRIORITY[_stage.name]
         resources:
             gpu=_stage.nproc if _stage.gpu else 0,
         conda:

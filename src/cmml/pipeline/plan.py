@@ -183,6 +183,24 @@ def params_stage(stages: list[Stage], params_file: str = "params.yaml") -> Stage
                  params_file=params_file)
 
 
+def critical_depths(stages: list[Stage]) -> dict[str, int]:
+    """Per stage, the number of stages on the longest path from it to the end of the DAG (itself included).
+
+    Snakemake runs the deepest ready stages first (its ``priority``), so long task chains start early
+    instead of trailing alone on one core at the end of a run. ``stages`` must be in a topological order.
+    """
+    producer = {o: s.name for s in stages for o in s.outs}
+    depth: dict[str, int] = {}
+    consumers: dict[str, set[str]] = {s.name: set() for s in stages}
+    for s in stages:
+        for d in s.all_deps:
+            if d in producer and producer[d] != s.name:
+                consumers[producer[d]].add(s.name)
+    for s in reversed(stages):
+        depth[s.name] = 1 + max((depth[c] for c in consumers[s.name]), default=0)
+    return depth
+
+
 def find(stages: list[Stage], name: str) -> Stage:
     """The stage called ``name``; ConfigError listing the stage groups when absent."""
     for s in stages:

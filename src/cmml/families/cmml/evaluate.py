@@ -17,6 +17,7 @@ import torch
 
 from cmml.eval.metrics import score
 from cmml.families.cmml.runs import INIT_ROW, SECTION, row_label
+from cmml.methods.base import Method
 from cmml.pipeline.atomic import write_json
 from cmml.provenance.sidecar import stage_run
 from cmml.train.checkpoint import CKPT_FILE, build_method, load_checkpoint, load_context, untrained
@@ -28,6 +29,17 @@ SCORES = "scores.json"
 def trained_params(method: torch.nn.Module) -> int:
     """Parameters a checkpoint of ``method`` stores: its own, plus backbone weights it trains."""
     return sum(v.numel() for k, v in method.named_parameters() if not k.startswith("backbone.") or v.requires_grad)
+
+
+def shared_features(method: Method) -> bool:
+    """Whether ``method``'s logits are its head on the plain frozen backbone's features.
+
+    Then every row of a run (each checkpoint holds only the head) sees the same features, so they are
+    computed once per stage; the logits are the very operations :meth:`Method.predict` runs.
+    """
+    cls = type(method)
+    return (cls.features is Method.features and cls.logits is Method.logits and cls.predict is Method.predict
+            and not any(p.requires_grad for p in method.backbone.parameters()))
 
 
 def run(stage: Any, params: dict[str, Any]) -> None:
@@ -43,6 +55,7 @@ def run(stage: Any, params: dict[str, Any]) -> None:
     bs = params["runtime"]["eval_batch_size"]
     rows: dict[str, dict[str, list[float]]] = {}
     counted: dict[str, int] = {}
+    features: dict[tuple[int, int], torch.Tensor] = {}  # (task, batch) -> features, see shared_features
     for row in a["rows"]:
         method = build_method(ctx, backbone)
         if row == INIT_ROW:
@@ -52,12 +65,19 @@ def run(stage: Any, params: dict[str, Any]) -> None:
         method.to(device.device).eval()
         counted = {"trained": trained_params(method), "backbone": sum(p.numel() for p in backbone.parameters())}
         per_task: dict[str, list[float]] = {}
+        shared = shared_features(method)
         for j, part in enumerate(parts):
             logits, labels = [], []
             with torch.no_grad():
-                for b in part.batches(bs, shuffle=False):
+                for i, b in enumerate(part.batches(bs, shuffle=False)):
                     with device.autocast():
-                        logits.append(method.predict(b.to(device.device)).float().cpu())
+                        if shared:
+                            if (j, i) not in features:
+                                features[j, i] = method.features(b.to(device.device))
+                            z = method.head(features[j, i])
+                        else:
+                            z = method.predict(b.to(device.device))
+                    logits.append(z.float().cpu())
                     labels.append(b.labels)
             lo, hi = ctx.info.columns(j, row)
             z, y = torch.cat(logits)[:, lo:hi], torch.cat(labels)
