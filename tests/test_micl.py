@@ -12,7 +12,8 @@ import torch
 import yaml
 
 from cmml.errors import ConfigError
-from cmml.families.micl.data import ORDERS, generate_task, log_mel, vocabulary
+from cmml.families.micl.data import generate_task, log_mel, vocabulary
+from cmml.families.micl.tasks import ORDERS
 from cmml.families.micl.examples import prompt_example, to_example
 from cmml.families.micl.methods.base import kl_div
 from cmml.families.micl.methods.moincl import fuse, ptgm_mode

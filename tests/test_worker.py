@@ -203,3 +203,33 @@ def test_a_direct_model_stage_starts_the_worker_that_serves_the_next(project: Pa
         assert len(workers_serving(sock)) == 1  # a model stage in the worker starts no second one
     finally:
         stop_workers(sock)
+
+
+def test_a_worker_that_goes_away_mid_handshake_leaves_the_stage_to_the_client(tmp_path: Path, monkeypatch) -> None:
+    """A worker exits when its sources change; a client it had not yet accepted sees a reset connection
+    and must run the stage itself (delegate returns None) instead of failing."""
+    import socket
+    import threading
+
+    from cmml.pipeline import worker
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.delenv("CMML_WORKER", raising=False)
+    monkeypatch.delenv(worker.IN_WORKER, raising=False)
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(str(worker.socket_path()))
+    srv.listen(1)
+
+    def reset_first_client() -> None:
+        conn, _ = srv.accept()
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # RST on close
+        conn.close()
+
+    t = threading.Thread(target=reset_first_client)
+    t.start()
+    try:
+        assert worker.delegate(["run", "data/tasks"]) is None
+    finally:
+        t.join(timeout=10)
+        srv.close()

@@ -76,16 +76,22 @@ def delegate(argv: list[str]) -> int | None:
         return None
     with sock:
         request = {"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), **_identity()}
-        socket.send_fds(sock, [json.dumps(request).encode() + b"\n"], [0, 1, 2])
-        reader = sock.makefile("r")
-        first = json.loads(reader.readline() or "{}")
+        try:
+            socket.send_fds(sock, [json.dumps(request).encode() + b"\n"], [0, 1, 2])
+            reader = sock.makefile("r")
+            first = json.loads(reader.readline() or "{}")
+        except (OSError, ValueError):
+            return None  # the worker exited before taking the stage (e.g. its sources changed): run directly
         if "pid" not in first:
             return None  # refused (stale code, other interpreter): run directly
         child = int(first["pid"])
         forward = lambda signum, _frame: os.kill(child, signum)  # noqa: E731
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, forward)
-        line = reader.readline()
+        try:
+            line = reader.readline()
+        except OSError:
+            line = ""
         if not line:
             print("cmml: the worker's child process died without an exit status", file=sys.stderr)
             return 1

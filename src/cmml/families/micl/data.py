@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from cmml.families.micl.tasks import MODALITIES, TASKS
+
 COLORS = {"red": (0.9, 0.15, 0.1), "green": (0.1, 0.8, 0.2), "blue": (0.15, 0.25, 0.95), "yellow": (0.95, 0.85, 0.1)}
 SHAPES = ("square", "disk", "cross")
 POSITIONS = ("top left", "top right", "bottom left", "bottom right")
@@ -35,13 +37,6 @@ COLOR_THINGS = {"red": ("apple", "cherry", "fire-truck"), "green": ("lime", "gra
                 "blue": ("sky", "ocean", "blueberry"), "yellow": ("banana", "lemon", "sun")}
 SHAPE_THINGS = {"square": ("box", "dice", "window"), "disk": ("ball", "coin", "wheel"),
                 "cross": ("plus-sign", "church", "x")}
-MODALITIES = ("image", "video", "audio")
-KINDS = ("cap", "qa")
-TASKS = {f"{m}_{k}": (m, k) for m in MODALITIES for k in KINDS}
-ORDERS = {  # the paper's two task orders
-    "order1": ["audio_cap", "image_cap", "video_qa", "audio_qa", "image_qa", "video_cap"],
-    "order2": ["image_cap", "video_cap", "video_qa", "image_qa", "audio_cap", "audio_qa"],
-}
 SIZE = 16
 FRAMES = 4
 SAMPLE_RATE = 4000

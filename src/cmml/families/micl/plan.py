@@ -18,7 +18,7 @@ from typing import Any
 
 from cmml.config import block_chain, merged_block
 from cmml.errors import ConfigError
-from cmml.families.micl.data import TASKS
+from cmml.families.micl.tasks import TASKS
 from cmml.pipeline.stage import Stage, dir_sidecar
 
 SECTION = "micl"

@@ -14,7 +14,8 @@ from typing import Any
 import torch
 
 from cmml.errors import DataError
-from cmml.families.micl.data import MODALITIES, TASKS, generate_task, instruction_corpus, lm_corpus, pretrain_items, vocabulary
+from cmml.families.micl.data import generate_task, instruction_corpus, lm_corpus, pretrain_items, vocabulary
+from cmml.families.micl.tasks import MODALITIES, TASKS
 from cmml.provenance.sidecar import stage_run
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from cmml.families.micl.data import TASKS
+from cmml.families.micl.tasks import TASKS
 from cmml.families.micl.methods.base import MiclMethod, kl_div
 from cmml.families.micl.model import Example, lora_layers
 
