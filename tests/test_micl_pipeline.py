@@ -1,14 +1,23 @@
 """A tiny two-task run (image captioning then image QA) of every micl method through the stage CLI:
-prepare, pretrain, train step 0, train step 1 from step 0, evaluate, aggregate, report."""
+prepare, pretrain, train step 0, train step 1 from step 0, evaluate, aggregate, report; and a step
+killed mid-way that resumes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from small import small_params
@@ -110,3 +119,46 @@ def test_pretrained_lm_is_a_tracked_input_and_needs_a_path(tmp_path: Path) -> No
     p["micl"]["lm"]["path"] = "models/my-lm"
     pre = [s for s in plan(p) if s.name.startswith("micl/pretrain/")]
     assert pre and all("models/my-lm" in s.deps for s in pre)
+
+
+def test_kill_9_mid_step_resumes_to_the_same_checkpoint(project: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A MoInCL step killed with SIGKILL after a few epochs resumes from the state kept outside its
+    outputs (model, optimizer, schedule, generators, pseudo-sample count) and writes the checkpoint
+    an uninterrupted run writes."""
+    root = tmp_path / "p"
+    root.mkdir()
+    shutil.copy(project / "params.yaml", root / "params.yaml")
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("CMML_WORKER", "0")
+    p = yaml.safe_load(Path("params.yaml").read_text())
+    p["micl"]["methods"]["moincl"]["epochs"] = 60
+    Path("params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    name, ck = "micl/train/o/moincl/seed0/task1", Path("runs/micl/o/moincl/seed0/task1/ckpt.pt")
+    for s in plan(p):
+        if s.name.startswith(("code/families-micl", "micl/prepare", "micl/pretrain/seed0")) or s.name == name[:-1] + "0":
+            assert main(["run", s.name]) == 0, s.name
+    cmd, env = [sys.executable, "-m", "cmml", "run", name], {**os.environ, "CMML_WORKER": "0"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    resume_dir, deadline = Path(".cmml/resume"), time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        files = list(resume_dir.glob("*.pt"))
+        with contextlib.suppress(Exception):  # a file being renamed into place
+            if files and torch.load(files[0], weights_only=False)["epoch"] >= 2:
+                break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the step finished before it could be killed; raise its epochs"
+    saved = torch.load(next(resume_dir.glob("*.pt")), weights_only=False)
+    assert 2 <= saved["epoch"] < 59 and not ck.exists()
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert f"{name}: resuming after epoch {saved['epoch'] + 1}/60" in rerun.stderr
+    assert not list(resume_dir.glob("*.pt")), "the resume state must be removed once the outputs are committed"
+    resumed = torch.load(ck, weights_only=True)
+    shutil.rmtree(ck.parent)
+    assert main(["run", name]) == 0
+    fresh = torch.load(ck, weights_only=True)
+    assert resumed["extra"] == fresh["extra"] and resumed["trainable"].keys() == fresh["trainable"].keys()
+    assert all(torch.equal(resumed["trainable"][k], fresh["trainable"][k]) for k in fresh["trainable"])

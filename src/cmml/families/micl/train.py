@@ -3,7 +3,9 @@
 The checkpoint (``ckpt.pt``) holds the trainable tensors (adapters, LoRA, merged LoRA deltas) and
 the method's state; joint training has one stage that sees every task of the order. AdamW with a
 linear warm-up then cosine decay, a fixed number of epochs (no early stopping: there is no val split
-at this scale), the last partial batch of each epoch kept.
+at this scale), the last partial batch of each epoch kept. The state after every epoch is kept
+under ``.cmml/resume/`` (:mod:`cmml.train.resume`): a killed step resumes after its last finished
+epoch and writes the checkpoint an uninterrupted run writes.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,7 @@ from cmml.families.micl.model import MiclModel, build_model
 from cmml.pipeline.atomic import write_json
 from cmml.provenance.sidecar import stage_run
 from cmml.train.device import seed_everything, select_device
+from cmml.train.resume import ResumeFile, stage_key
 
 CKPT = "ckpt.pt"
 
@@ -97,9 +101,20 @@ def run(stage: Any, params: dict[str, Any]) -> None:
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda k: (k + 1) / warm if k < warm else 0.5 * (1 + math.cos(math.pi * (k - warm) / max(1, steps - warm))))
     log: dict[str, list[float]] = {}
+    resume = ResumeFile(stage_key(stage, params))  # after every epoch, outside the declared outputs
+    start, saved = 0, resume.load()
+    if saved is not None and saved.get("epochs") == epochs:
+        model.load_trainable_state(saved["model"], str(resume.path))
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        gen.set_state(saved["generator"])
+        torch.set_rng_state(saved["torch_rng"])
+        method.restore_progress(saved["progress"])
+        log, start = saved["log"], saved["epoch"] + 1
+        print(f"{stage.name}: resuming after epoch {start}/{epochs}", file=sys.stderr, flush=True)
     model.train()
     model.encoders.eval()
-    for epoch in range(epochs):
+    for epoch in range(start, epochs):
         sums: dict[str, float] = {}
         order = torch.randperm(len(pool), generator=gen).tolist()
         for k in range(0, len(pool), bs):
@@ -115,6 +130,10 @@ def run(stage: Any, params: dict[str, Any]) -> None:
         for n, v in sums.items():
             log.setdefault(n, []).append(round(v / n_batches, 4))
         method.end_epoch(epoch)
+        if epoch + 1 < epochs:
+            resume.save({"epochs": epochs, "epoch": epoch, "model": model.trainable_state(), "optimizer": opt.state_dict(),
+                         "scheduler": sched.state_dict(), "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                         "progress": method.progress(), "log": log})
     model.eval()
     state = method.end_task()
     info = {"task": tasks[step] if not cls.JOINT else tasks, "train_samples": len(pool), "steps": steps,
@@ -123,3 +142,4 @@ def run(stage: Any, params: dict[str, Any]) -> None:
         out = sr.tmp(a["out"])
         torch.save({"trainable": {k: v.cpu() for k, v in model.trainable_state().items()}, "extra": state}, out / CKPT)
         write_json(out / "train_log.json", info)
+    resume.clear()

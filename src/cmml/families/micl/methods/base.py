@@ -67,6 +67,13 @@ class MiclMethod:
         ce = self.ctx.model.target_loss(logits, labels)
         return ce, {"ce": ce.item()}
 
+    def progress(self) -> dict[str, Any]:
+        """What the method accumulates over the epochs of a step (kept in the resume state after each epoch)."""
+        return {}
+
+    def restore_progress(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`progress` when a killed step resumes."""
+
     def end_epoch(self, epoch: int) -> None:
         """Called after every epoch."""
 

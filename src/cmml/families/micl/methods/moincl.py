@@ -110,6 +110,12 @@ class Method(MiclMethod):
             parts["ikd_kl"] = kl.item()
         return total, parts
 
+    def progress(self) -> dict[str, Any]:
+        return {"pseudo_used": self.pseudo_used}
+
+    def restore_progress(self, state: dict[str, Any]) -> None:
+        self.pseudo_used = int(state["pseudo_used"])
+
     def end_epoch(self, epoch: int) -> None:
         c, hp = self.ctx, self.ctx.hp
         if c.step == 0 or not hp["fusion"]:
