@@ -8,6 +8,7 @@ whose closure holds the edited module, and the package has no import cycles.
 
 from __future__ import annotations
 
+import json
 import modulefinder
 import re
 import shutil
@@ -175,7 +176,7 @@ def test_docstring_edits_rerun_nothing(tmp_path: Path, monkeypatch, rel: str) ->
 
 
 def test_no_import_cycles() -> None:
-    graph = {m: set(sources._parsed(m)[1]) - {m} for m in sources.all_modules()}
+    graph = {m: set(sources._analysis(m)[0]) - {m} for m in sources.all_modules()}
     state: dict[str, int] = {}
     path: list[str] = []
     cycles: list[list[str]] = []
@@ -197,3 +198,24 @@ def test_no_import_cycles() -> None:
     assert not cycles, f"import cycles: {cycles}"
     assert not any(m.startswith("cmml") for m in graph["cmml.pipeline.worker"]), "the worker must import nothing of cmml"
     assert not any(m.startswith("cmml.") and m != "cmml.errors" for m in graph["cmml.config"]), "config must be a leaf"
+
+
+def test_module_analyses_are_cached_by_file_content(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`.cmml/sources.json` spares each Snakemake parse the AST work; a record is used only while
+    the file's bytes still have its sha256."""
+    monkeypatch.chdir(tmp_path)
+    sources.clear_caches()
+    try:
+        fresh = {m: sources._analysis(m) for m in ("cmml.cli", "cmml.config")}
+        sources.save_cache()
+        data = json.loads(sources.CACHE_FILE.read_text())
+        assert data["cmml.config"]["fingerprint"] == fresh["cmml.config"][1]
+        data["cmml.cli"]["fingerprint"] = "from-the-cache"  # bytes unchanged: the record is trusted
+        data["cmml.config"].update(sha256="0" * 64, fingerprint="stale")  # bytes differ: re-analysed
+        sources.CACHE_FILE.write_text(json.dumps(data))
+        sources.clear_caches()
+        assert sources.fingerprint("cmml.cli") == "from-the-cache"
+        assert sources.fingerprint("cmml.config") == fresh["cmml.config"][1]
+        assert sources._analysis("cmml.config")[0] == fresh["cmml.config"][0]
+    finally:
+        sources.clear_caches()

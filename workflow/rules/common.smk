@@ -9,6 +9,7 @@ from cmml.config import subset
 from cmml.errors import CmmlError
 from cmml.pipeline.fingerprints import refresh
 from cmml.pipeline.plan import critical_depths, load, plan
+from cmml.pipeline.sources import save_cache
 from cmml.pipeline.worker import spawn
 from cmml.pipeline.workspace import OWNER_ENV, claim, release
 from cmml.provenance.dvclock import main as dvc_lock
@@ -27,7 +28,9 @@ try:
 except CmmlError as _exc:
     raise WorkflowError(str(_exc))
 PRIORITY = critical_depths(STAGES)  # deepest first: long task chains start early
-if refresh(STAGES, config) and os.path.isdir(".dvc"):
+_code_changed = refresh(STAGES, config)
+save_cache()  # the modules' imports and fingerprints, for the next parse (src/cmml/pipeline/sources.py)
+if _code_changed and os.path.isdir(".dvc"):
     try:  # code stages re-ran in place: keep dvc.lock in step with their new sidecars
         dvc_lock(PARAMS_FILE)
     except CmmlError as _exc:

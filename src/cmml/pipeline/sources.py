@@ -10,18 +10,25 @@ docstring or a comment leaves it unchanged, any other change alters it. The ``co
 writes one fingerprint file per distinct entry tuple (``runs/code/<key>.json``); every stage
 depends on its fingerprint file instead of on ~20 source files, so both tools rerun exactly the
 stages whose code changed. Sidecars still record the raw sha256 of every file in the closure.
+
+Parsing every module costs ~0.6 s, paid by each Snakemake parse; the imports and fingerprint of a
+module are therefore cached in ``.cmml/sources.json`` keyed by the sha256 of the file's bytes, so a
+changed file is always re-analysed.
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
 import hashlib
 import json
+import os
 from functools import lru_cache
 from pathlib import Path
 
 PACKAGE = "cmml"
 SRC = Path("src")
+CACHE_FILE = Path(".cmml/sources.json")  # per project: module -> sha256 of its bytes, imports, fingerprint
 PKG_DIR = Path(__file__).resolve().parents[1]  # .../src/cmml
 
 
@@ -79,17 +86,52 @@ def _imports(tree: ast.AST, module: str, is_pkg: bool) -> set[str]:
 
 
 @lru_cache(maxsize=None)
-def _parsed(module: str) -> tuple[ast.Module, frozenset[str]]:
+def _disk_cache() -> dict[str, dict[str, object]]:
+    """The analysis cache of this project (``.cmml/sources.json``), read once per process."""
+    try:
+        data = json.loads(CACHE_FILE.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+_updated: set[str] = set()
+
+
+@lru_cache(maxsize=None)
+def _analysis(module: str) -> tuple[frozenset[str], str]:
+    """(imports, fingerprint) of ``module``; reused from the cache while the file's bytes (sha256) are unchanged."""
     f = module_file(module)
     if f is None:
         raise KeyError(f"no source file for module {module!r}")
-    tree = ast.parse(f.read_text(encoding="utf-8"), filename=str(f))
-    return tree, frozenset(_imports(tree, module, f.name == "__init__.py"))
+    raw = f.read_bytes()
+    digest = hashlib.sha256(raw).hexdigest()
+    hit = _disk_cache().get(module)
+    if isinstance(hit, dict) and hit.get("sha256") == digest:
+        return frozenset(m for m in hit["imports"] if module_file(m) is not None), str(hit["fingerprint"])  # type: ignore[union-attr]
+    tree = ast.parse(raw.decode("utf-8"), filename=str(f))
+    imports = frozenset(_imports(tree, module, f.name == "__init__.py"))
+    fp = hashlib.sha256(ast.dump(strip_docstrings(tree), include_attributes=False).encode()).hexdigest()
+    _disk_cache()[module] = {"sha256": digest, "imports": sorted(imports), "fingerprint": fp}
+    _updated.add(module)
+    return imports, fp
+
+
+def save_cache() -> None:
+    """Write the analysis cache if this process analysed a new or changed module (atomic; last writer wins)."""
+    if not _updated:
+        return
+    with contextlib.suppress(OSError):
+        CACHE_FILE.parent.mkdir(parents=True, exist_ok=True)
+        tmp = CACHE_FILE.with_name(f".{CACHE_FILE.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(_disk_cache(), sort_keys=True))
+        os.replace(tmp, CACHE_FILE)
+        _updated.clear()
 
 
 def direct_imports(module: str) -> frozenset[str]:
     """The cmml modules ``module`` imports (plus the packages that contain them)."""
-    deps = set(_parsed(module)[1])
+    deps = set(_analysis(module)[0])
     for m in list(deps):
         parts = m.split(".")
         deps.update(".".join(parts[:i]) for i in range(1, len(parts)))
@@ -142,21 +184,18 @@ def strip_docstrings(tree: ast.AST) -> ast.AST:
     return _StripDocstrings().visit(tree)
 
 
-@lru_cache(maxsize=None)
 def fingerprint(module: str) -> str:
-    """sha256 of the module's AST without docstrings (comments and layout never count); once per process."""
-    f = module_file(module)
-    assert f is not None
-    tree = strip_docstrings(ast.parse(f.read_text(encoding="utf-8")))
-    return hashlib.sha256(ast.dump(tree, include_attributes=False).encode()).hexdigest()
+    """sha256 of the module's AST without docstrings (comments and layout never count)."""
+    return _analysis(module)[1]
 
 
 def clear_caches() -> None:
-    """Forget module files, parsed modules and fingerprints (after source files changed in this process)."""
+    """Forget module files and analyses (after source files changed in this process); the disk cache is re-read."""
     module_file.cache_clear()
     rel_path.cache_clear()
-    _parsed.cache_clear()
-    fingerprint.cache_clear()
+    _analysis.cache_clear()
+    _disk_cache.cache_clear()
+    _updated.clear()
 
 
 def code_key(entries: tuple[str, ...]) -> str:
