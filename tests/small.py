@@ -1,11 +1,16 @@
-"""The shrunken params.yaml that the end-to-end tests run on (one place for what they share)."""
+"""What the end-to-end tests share: the shrunken params.yaml they run on, and killing a stage mid-way."""
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import subprocess
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from cmml.families.registry import FAMILIES
@@ -37,3 +42,20 @@ def small_params(num_classes: int, per_class: dict[str, int], runs: dict[str, di
         p["cmml"]["methods"] = {run: {**p["cmml"]["methods"][run], **over} for run, over in runs.items()}
         p["cmml"]["experiments"] = {"main": {"methods": list(runs), "settings": ["both70"], "seeds": list(seeds)}}
     return p
+
+
+def kill_after_epoch(cmd: list[str], env: dict[str, str], epoch: int, timeout: float = 120.0) -> dict[str, Any]:
+    """Start the stage command ``cmd``, SIGKILL it once its resume state (``.cmml/resume/*.pt``) records
+    ``epoch``, and return that state; fails when the stage ends before it could be killed."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    resume_dir, deadline = Path(".cmml/resume"), time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        files = list(resume_dir.glob("*.pt"))
+        with contextlib.suppress(Exception):  # a file being renamed into place
+            if files and torch.load(files[0], weights_only=False)["epoch"] >= epoch:
+                break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the stage finished before it could be killed; raise its epochs"
+    return torch.load(next(resume_dir.glob("*.pt")), weights_only=False)

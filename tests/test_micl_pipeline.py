@@ -4,23 +4,20 @@ killed mid-way that resumes."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from small import small_params
+from small import kill_after_epoch, small_params
 from cmml.cli import main
 from cmml.families.micl.methods.registry import METHODS
 from cmml.pipeline.plan import plan
@@ -139,18 +136,8 @@ def test_kill_9_mid_step_resumes_to_the_same_checkpoint(project: Path, tmp_path:
         if s.name.startswith(("code/families-micl", "micl/prepare", "micl/pretrain/seed0")) or s.name == name[:-1] + "0":
             assert main(["run", s.name]) == 0, s.name
     cmd, env = [sys.executable, "-m", "cmml", "run", name], {**os.environ, "CMML_WORKER": "0"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    resume_dir, deadline = Path(".cmml/resume"), time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        files = list(resume_dir.glob("*.pt"))
-        with contextlib.suppress(Exception):  # a file being renamed into place
-            if files and torch.load(files[0], weights_only=False)["epoch"] >= 2:
-                break
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the step finished before it could be killed; raise its epochs"
-    saved = torch.load(next(resume_dir.glob("*.pt")), weights_only=False)
+    saved = kill_after_epoch(cmd, env, 2)
+    resume_dir = Path(".cmml/resume")
     assert 2 <= saved["epoch"] < 59 and not ck.exists()
     rerun = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr[-2000:]

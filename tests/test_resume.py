@@ -6,17 +6,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from small import small_params
+from small import kill_after_epoch, small_params
 from cmml.cli import main
 from cmml.pipeline.plan import plan
 
@@ -43,18 +41,8 @@ def stage_cmd() -> list[str]:
 
 def test_kill_9_mid_task_resumes_to_the_same_checkpoint(project: Path) -> None:
     env = {**os.environ, "CMML_WORKER": "0"}
-    proc = subprocess.Popen(stage_cmd(), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    saved = kill_after_epoch(stage_cmd(), env, 3)
     resume_dir = Path(".cmml/resume")
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        files = list(resume_dir.glob("*.pt"))
-        if files and torch.load(files[0], weights_only=False)["epoch"] >= 3:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the stage finished before it could be killed; raise its epochs"
-    saved = torch.load(next(resume_dir.glob("*.pt")), weights_only=False)
     assert 3 <= saved["epoch"] < 59 and not CKPT.exists()
     rerun = subprocess.run(stage_cmd(), env=env, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
