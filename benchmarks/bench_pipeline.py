@@ -74,7 +74,7 @@ def bare_loop_throughput(proj: Path, params: dict, run: str, epochs: int) -> flo
     torch.set_num_threads(params["runtime"]["threads"] or os.cpu_count() or 1)
     seed = params["cmml"]["experiments"]["main"]["seeds"][0]
     setting = params["cmml"]["experiments"]["main"]["settings"][0]
-    a = find(plan(params), f"cmml/train/{setting}/{run}/seed{seed}/task0").args
+    a = find(plan(params), f"cmml/train/{setting}/{run}/seed{seed}").args
     tok = load_tokenizer(Path(a["backbone"]) / "vocab.txt", params["benchmark"]["max_text_len"])
     data = load_split(Path(a["data"]), Path(a["tasks"]), "train", tok, task_ids=[0],
                       missing_dir=Path(a["missing"]), fill=params["data"]["fill"])
@@ -133,13 +133,13 @@ def main() -> None:
     reps = 3
     # Both measured cold, in fresh processes, 3 times each (median): the stage's own loop timing
     # (recorded in its sidecar) and the bare loop below, run by this script in a subprocess.
-    side_path = proj / f"runs/cmml/{params['benchmark']['name']}/{setting}/{run}/seed{seed}/task0/ckpt.prov.json"
-    train = [str(BIN / "python"), "-m", "cmml", "run", f"cmml/train/{setting}/{run}/seed{seed}/task0"]
+    side_path = proj / f"runs/cmml/{params['benchmark']['name']}/{setting}/{run}/seed{seed}/train.prov.json"
+    train = [str(BIN / "python"), "-m", "cmml", "run", f"cmml/train/{setting}/{run}/seed{seed}"]
     stage_runs = []
     for _ in range(reps):
         sh(train, proj, CMML_WORKER="0")
         stage_runs.append(json.loads(side_path.read_text()))
-    stage_sps = statistics.median(r["extra"]["train"]["samples_per_s"] for r in stage_runs)
+    stage_sps = statistics.median(r["extra"]["train"]["task0"]["samples_per_s"] for r in stage_runs)
     bare_cmd = [str(BIN / "python"), __file__, "--bare-loop", str(proj), "--params", args.params] + (["--skip-dag"] if args.skip_dag else [])
     bare_sps = statistics.median(
         float(subprocess.run(bare_cmd, capture_output=True, text=True, check=True,

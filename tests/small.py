@@ -44,18 +44,21 @@ def small_params(num_classes: int, per_class: dict[str, int], runs: dict[str, di
     return p
 
 
-def kill_after_epoch(cmd: list[str], env: dict[str, str], epoch: int, timeout: float = 120.0) -> dict[str, Any]:
-    """Start the stage command ``cmd``, SIGKILL it once its resume state (``.cmml/resume/*.pt``) records
-    ``epoch``, and return that state; fails when the stage ends before it could be killed."""
+def kill_after_epoch(cmd: list[str], env: dict[str, str], epoch: int, task: int = 0,
+                     timeout: float = 120.0) -> dict[str, Any]:
+    """Start the train stage command ``cmd``, SIGKILL it once the resume state (``.cmml/resume/*.pt``) of
+    the ``task``-th task it trains (counted from 0 in order of appearance; each task has its own file)
+    records ``epoch``, and return that state; fails when the stage ends before it could be killed."""
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     resume_dir, deadline = Path(".cmml/resume"), time.time() + timeout
+    seen: list[Path] = []
     while time.time() < deadline and proc.poll() is None:
-        files = list(resume_dir.glob("*.pt"))
+        seen += [f for f in sorted(resume_dir.glob("*.pt")) if f not in seen]
         with contextlib.suppress(Exception):  # a file being renamed into place
-            if files and torch.load(files[0], weights_only=False)["epoch"] >= epoch:
+            if len(seen) > task and torch.load(seen[task], weights_only=False)["epoch"] >= epoch:
                 break
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the stage finished before it could be killed; raise its epochs"
-    return torch.load(next(resume_dir.glob("*.pt")), weights_only=False)
+    return torch.load(seen[task], weights_only=False)

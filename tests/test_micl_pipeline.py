@@ -65,7 +65,7 @@ def test_every_method_through_the_stage_cli(project: Path, monkeypatch: pytest.M
         assert all(0 <= v <= 1000 for v in (last["cider_single"][0], last["cider_all"][0], last["vqa_acc"][1]))
         if method != "joint":
             assert scores["rows"]["task0"]["vqa_acc"] == [None, None]  # step 0 sees only task 0
-    log = json.loads(Path("runs/micl/o/moincl/seed0/task1.prov.json").read_text())["extra"]["train"]
+    log = json.loads(Path("runs/micl/o/moincl/seed0/train.prov.json").read_text())["extra"]["train"]["task1"]
     assert log["ptgm_mode"] == "caption" and log["pseudo_samples"] > 0 and "ikd_kl" in log["loss_per_epoch"]
     metrics = json.loads(Path("results/micl/metrics.json").read_text())
     assert set(metrics) == {f"o/{r}" for r in RUNS}
@@ -74,13 +74,13 @@ def test_every_method_through_the_stage_cli(project: Path, monkeypatch: pytest.M
     # resumable: a second run of a done stage rewrites the same checkpoint bytes (seeded)
     ck = Path("runs/micl/o/lwf/seed0/task1/ckpt.pt")
     before = ck.read_bytes()
-    assert main(["run", "micl/train/o/lwf/seed0/task1"]) == 0
+    assert main(["run", "micl/train/o/lwf/seed0"]) == 0
     assert ck.read_bytes() == before
 
 
 def test_snakemake_sees_the_micl_stages_done(project: Path) -> None:
     """The same plan drives Snakemake: after the stage CLI ran every micl stage, a dry run schedules exactly
-    what is downstream of the one checkpoint the CLI test rewrote last (lwf's task 1)."""
+    what is downstream of the checkpoints the CLI test rewrote last (lwf's train stage)."""
     import os
     import shutil
     import subprocess
@@ -129,23 +129,26 @@ def test_kill_9_mid_step_resumes_to_the_same_checkpoint(project: Path, tmp_path:
     monkeypatch.chdir(root)
     monkeypatch.setenv("CMML_WORKER", "0")
     p = yaml.safe_load(Path("params.yaml").read_text())
-    p["micl"]["methods"]["moincl"]["epochs"] = 60
+    p["micl"]["methods"]["moincl"]["epochs"] = 30
     Path("params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
-    name, ck = "micl/train/o/moincl/seed0/task1", Path("runs/micl/o/moincl/seed0/task1/ckpt.pt")
+    name, cks = "micl/train/o/moincl/seed0", [Path(f"runs/micl/o/moincl/seed0/task{t}/ckpt.pt") for t in range(2)]
     for s in plan(p):
-        if s.name.startswith(("code/families-micl", "micl/prepare", "micl/pretrain/seed0")) or s.name == name[:-1] + "0":
+        if s.name.startswith(("code/families-micl", "micl/prepare", "micl/pretrain/seed0")):
             assert main(["run", s.name]) == 0, s.name
     cmd, env = [sys.executable, "-m", "cmml", "run", name], {**os.environ, "CMML_WORKER": "0"}
-    saved = kill_after_epoch(cmd, env, 2)
+    saved = kill_after_epoch(cmd, env, 2, task=1)
     resume_dir = Path(".cmml/resume")
-    assert 2 <= saved["epoch"] < 59 and not ck.exists()
+    assert 2 <= saved["epoch"] < 29 and not any(ck.exists() for ck in cks)
     rerun = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
-    assert f"{name}: resuming after epoch {saved['epoch'] + 1}/60" in rerun.stderr
-    assert not list(resume_dir.glob("*.pt")), "the resume state must be removed once the outputs are committed"
-    resumed = torch.load(ck, weights_only=True)
-    shutil.rmtree(ck.parent)
+    assert f"{name}: task 0 was finished by an earlier run; kept" in rerun.stderr
+    assert f"{name} step 1: resuming after epoch {saved['epoch'] + 1}/30" in rerun.stderr
+    assert not any(resume_dir.iterdir()), "the resume state must be removed once the outputs are committed"
+    resumed = [torch.load(ck, weights_only=True) for ck in cks]
+    for ck in cks:
+        shutil.rmtree(ck.parent)
     assert main(["run", name]) == 0
-    fresh = torch.load(ck, weights_only=True)
-    assert resumed["extra"] == fresh["extra"] and resumed["trainable"].keys() == fresh["trainable"].keys()
-    assert all(torch.equal(resumed["trainable"][k], fresh["trainable"][k]) for k in fresh["trainable"])
+    for r, ck in zip(resumed, cks):
+        fresh = torch.load(ck, weights_only=True)
+        assert r["extra"] == fresh["extra"] and r["trainable"].keys() == fresh["trainable"].keys()
+        assert all(torch.equal(r["trainable"][k], fresh["trainable"][k]) for k in fresh["trainable"])

@@ -104,12 +104,12 @@ def sidecar(path: Path, name: str) -> dict:
 
 @pytest.mark.parametrize("run", RUNS)
 def test_two_task_chain_through_stage_cli(project: Path, run: str) -> None:
-    for task in (0, 1):
-        cli(project, "run", f"cmml/train/both70/{run}/seed0/task{task}")
+    cli(project, "run", f"cmml/train/both70/{run}/seed0")
     cli(project, "run", f"cmml/evaluate/both70/{run}/seed0")
     base = project / f"{BENCH}/both70/{run}/seed0"
-    for task in (0, 1):
-        sidecar(base / f"task{task}/ckpt", f"cmml/train/both70/{run}/seed0/task{task}")
+    train = sidecar(base / "train", f"cmml/train/both70/{run}/seed0")
+    assert {f"{BENCH}/both70/{run}/seed0/task{t}/ckpt/checkpoint.pt" for t in (0, 1)} <= set(train["outputs"])
+    assert set(train["extra"]["train"]) == {"task0", "task1"}
     sidecar(base / "eval", f"cmml/evaluate/both70/{run}/seed0")
     log1 = json.loads((base / "task1/ckpt/train_log.json").read_text())
     assert log1["task"] == 1 and log1["tasks_in_data"] == [1]
@@ -183,7 +183,7 @@ def test_reconstruction_moves_text_missing_query_towards_complete(project: Path,
     """
     monkeypatch.chdir(project)  # stage paths are relative to the project root
     params = yaml.safe_load((project / "params.yaml").read_text())
-    stage = find(plan(params), "cmml/train/both70/rebq/seed0/task0")
+    stage = find(plan(params), "cmml/train/both70/rebq/seed0")
     ctx, backbone = load_context(stage.args, params, "cmml")
     assert ctx.hp["reconstruction_target"] == "h1" and ctx.hp["alpha"] == 0.01
     ctx.hp["reconstruction_target"] = target

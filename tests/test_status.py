@@ -26,18 +26,18 @@ def test_status_names_params_code_data_and_missing(tmp_path: Path, monkeypatch: 
     assert set(states(stages, p).values()) == {"done"}
     p["cmml"]["methods"]["finetune_head"]["lr"] *= 2
     now = states(plan(p), p)
-    assert now["cmml/train/both70/finetune_head/seed0/task0"] == "stale (params)"
+    assert now["cmml/train/both70/finetune_head/seed0"] == "stale (params)"
     assert now["data/prepare"] == "done" and now["cmml/aggregate"] == "stale (params)"
     assert now["index"] == "stale (data)"  # its input, the report, is not done any more
     p["cmml"]["methods"]["finetune_head"]["lr"] /= 2
     assert main(["run", "data/missing/both70/seed0"]) == 0  # rerun upstream: same params, new outputs
     now = states(plan(p), p)
     assert now["data/missing/both70/seed0"] == "done"  # identical bytes: nothing downstream is stale
-    assert now["cmml/train/both70/finetune_head/seed0/task0"] == "done"
+    assert now["cmml/train/both70/finetune_head/seed0"] == "done"
     p["pretrain"]["epochs"] = 2
     now = states(plan(p), p)
     assert now["data/pretrain/seed0"] == "stale (params)"
-    assert now["cmml/train/both70/finetune_head/seed0/task0"] == "stale (data)"
+    assert now["cmml/train/both70/finetune_head/seed0"] == "stale (data)"
     p["pretrain"]["epochs"] = 1
     Path("runs/cmml/embedded/both70/finetune_head/seed0/eval.prov.json").unlink()
     assert states(plan(p), p)["cmml/evaluate/both70/finetune_head/seed0"] == "missing"

@@ -27,7 +27,7 @@ try:
     STAGES = plan(config, PARAMS_FILE)
 except CmmlError as _exc:
     raise WorkflowError(str(_exc))
-PRIORITY = critical_depths(STAGES)  # deepest first: long task chains start early
+PRIORITY = critical_depths(STAGES)  # deepest first: the stages the most work waits on start early
 _code_changed = refresh(STAGES, config)
 save_cache()  # the modules' imports and fingerprints, for the next parse (src/cmml/pipeline/sources.py)
 if _code_changed and os.path.isdir(".dvc"):

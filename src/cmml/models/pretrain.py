@@ -38,7 +38,8 @@ from cmml.data.tokenizer import TextTokenizer
 from cmml.pipeline.atomic import write_json
 from cmml.provenance.sidecar import stage_run
 from cmml.train.device import DeviceInfo, select_device, seed_everything
-from cmml.train.loop import fit
+from cmml.train.loop import Resumable, fit
+from cmml.train.resume import ResumeFile, stage_key
 
 CONDITIONS = {"complete": 0, "text_only": 2, "image_only": 1}  # missing code applied to every sample
 IGNORE = -100  # label of the positions MLM does not predict (cross_entropy's ignore_index)
@@ -287,6 +288,7 @@ def run(stage: Any, params: dict[str, Any]) -> None:
                        mask_prob=pre["mask_prob"], special_ids=special, mask_id=words.index("[MASK]"),
                        seed=seed).to(device.device)
     gen = torch.Generator().manual_seed(seed)
+    resume = ResumeFile(stage_key(stage, params))  # state after every epoch, outside the declared outputs
 
     def batches(epoch: int) -> Iterator[PretrainBatch]:
         order = torch.randperm(len(data), generator=gen)
@@ -296,7 +298,8 @@ def run(stage: Any, params: dict[str, Any]) -> None:
 
     log = fit(model, batches, model.loss, epochs=pre["epochs"], steps_per_epoch=math.ceil(len(data) / pre["batch_size"]),
               optimizer=torch.optim.AdamW(model.parameters(), lr=pre["lr"], weight_decay=pre["weight_decay"]),
-              warmup=0.1, device=device, label=stage.name)
+              warmup=0.1, device=device, label=stage.name,
+              resume=Resumable(resume, model.state_dict, model.load_state_dict, (gen, model.generator)))
     backbone.eval()
     log["pretrain_data"] = {"samples": len(data), "classes": classes}
     train = load_split(data_dir, tasks_dir, "train", tok, **opts)
@@ -309,3 +312,4 @@ def run(stage: Any, params: dict[str, Any]) -> None:
         (out / "cmml_backbone.json").write_text(json.dumps({"source": "tiny", "max_text_len": max_len,
                                                              "image_size": params["benchmark"]["image_size"]}, indent=2) + "\n")
         write_json(out / "pretrain_log.json", {k: v for k, v in log.items() if k not in VOLATILE})
+    resume.clear()

@@ -89,7 +89,7 @@ def report(stages: list[Stage], params: dict[str, Any]) -> list[str]:
         if not s.family:
             add(s.name.split("/")[0], st[s.name], s.name)
             continue
-        parts = s.name.split("/")  # <family>/<kind>/<setting>/<method>/seed<k>[/task<t>]
+        parts = s.name.split("/")  # <family>/<kind>/<setting>/<method>/seed<k>
         hit = False
         if len(parts) >= 5:
             seed = int(parts[4].removeprefix("seed"))

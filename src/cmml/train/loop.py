@@ -24,7 +24,7 @@ class Resumable:
     file: ResumeFile
     get_state: Callable[[], dict[str, Tensor]]  # the model's trainable state
     set_state: Callable[[dict[str, Tensor]], None]
-    generator: torch.Generator  # the data-order generator ``batches`` draws from
+    generators: tuple[torch.Generator, ...]  # every generator the epochs draw from (data order, masks, ...)
 
 
 def fit(module: nn.Module, batches: Callable[[int], Iterator[Any]], loss_fn: Callable[[Any], tuple[Tensor, dict[str, float]]],
@@ -56,7 +56,8 @@ def fit(module: nn.Module, batches: Callable[[int], Iterator[Any]], loss_fn: Cal
         resume.set_state(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         sched.load_state_dict(saved["scheduler"])
-        resume.generator.set_state(saved["generator"])
+        for g, state in zip(resume.generators, saved["generators"], strict=True):
+            g.set_state(state)
         torch.set_rng_state(saved["torch_rng"])
         history, samples, start = saved["history"], saved["samples"], saved["epoch"] + 1
         if main:
@@ -91,7 +92,7 @@ def fit(module: nn.Module, batches: Callable[[int], Iterator[Any]], loss_fn: Cal
         if resume is not None and main and epoch + 1 < epochs:
             resume.file.save({"epochs": epochs, "epoch": epoch, "model": resume.get_state(),
                               "optimizer": optimizer.state_dict(), "scheduler": sched.state_dict(),
-                              "generator": resume.generator.get_state(), "torch_rng": torch.get_rng_state(),
+                              "generators": [g.get_state() for g in resume.generators], "torch_rng": torch.get_rng_state(),
                               "history": history, "samples": samples})
         elapsed = time.perf_counter() - t0
         eta = elapsed / (epoch + 1 - start) * (epochs - epoch - 1)

@@ -22,12 +22,16 @@ import torch
 RESUME_DIR = Path(".cmml/resume")
 
 
+def digest(key_material: dict[str, Any]) -> str:
+    """Short hash naming the resume state of ``key_material`` (see :func:`stage_key`)."""
+    return hashlib.sha256(json.dumps(key_material, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
 class ResumeFile:
-    """One stage's resume state on disk."""
+    """One task's resume state on disk."""
 
     def __init__(self, key_material: dict[str, Any], root: Path = RESUME_DIR):
-        blob = json.dumps(key_material, sort_keys=True, default=str).encode()
-        self.path = root / f"{hashlib.sha256(blob).hexdigest()[:24]}.pt"
+        self.path = root / f"{digest(key_material)}.pt"
 
     def load(self) -> dict[str, Any] | None:
         """The saved state, or None (absent or unreadable: a partial write is never renamed into place)."""

@@ -1,11 +1,13 @@
 """The cmml family's stages: per run a chain of train stages, one evaluate stage, then aggregate and report.
 
 Artefacts live under ``runs/cmml/<benchmark>/<setting>/<method>/seed<k>/`` (``task<t>/ckpt`` per
-train stage, ``eval`` with every row of the run's score matrix), results under ``results/cmml/``.
-Granularity: one train stage per (run, task), so a crash, a new task or a new method reruns only
-what it must; one evaluate stage per run (it scores the untrained model and every checkpoint on
-every task's test split), so a new metric never retrains and the per-stage fixed cost is paid
-once per run instead of once per checkpoint.
+task, written by the run's train stage and described by ``train.prov.json``; ``eval`` with every
+row of the run's score matrix), results under ``results/cmml/``.
+Granularity: one train stage per run, its tasks in sequence (:mod:`cmml.train.chain`: each task
+starts from the previous checkpoint read back from disk, and a killed stage resumes at its first
+unfinished task), and one evaluate stage per run (it scores the untrained model and every
+checkpoint on every task's test split), so a new metric never retrains and the per-stage fixed
+cost of both workflow tools is paid once per run instead of once per task.
 """
 
 from __future__ import annotations
@@ -105,17 +107,13 @@ def plan(params: dict[str, Any], data: Any, params_file: str) -> list[Stage]:
         common = {"run": r.method, "method": name, "method_module": module, "setting": r.setting, "seed": r.seed,
                   "joint": joint, "num_tasks": num_tasks, **shared}
         train_rows = [num_tasks - 1] if joint else list(range(num_tasks))
-        ckpts: dict[int, str] = {}
-        prev: str | None = None
-        for t in train_rows:
-            out = f"{run_dir(bench, r)}/task{t}/ckpt"
-            stages.append(stage(
-                name=f"{SECTION}/train/{r.key}/task{t}", handler="cmml.families.cmml.train", entries=(module,),
-                args={**common, "task": t, "prev": prev, "out": out}, deps=[*shared.values(), *([prev] if prev else [])],
-                outs=[out], dir_outs=[out], params=[*mkeys, "tasks.scenario", "data", *MODEL_RUNTIME, NPROC],
-                sidecar=dir_sidecar(out), gpu=True, nproc=params["runtime"]["nproc_per_stage"]))
-            ckpts[t] = out
-            prev = out
+        ckpts = {t: f"{run_dir(bench, r)}/task{t}/ckpt" for t in train_rows}
+        stages.append(stage(
+            name=f"{SECTION}/train/{r.key}", handler="cmml.families.cmml.train", entries=(module,),
+            args={**common, "outs": {str(t): c for t, c in ckpts.items()}}, deps=list(shared.values()),
+            outs=list(ckpts.values()), dir_outs=list(ckpts.values()),
+            params=[*mkeys, "tasks.scenario", "data", *MODEL_RUNTIME, NPROC],
+            sidecar=f"{run_dir(bench, r)}/train.prov.json", gpu=True, nproc=params["runtime"]["nproc_per_stage"]))
         rows = train_rows if joint else [INIT_ROW, *train_rows]
         out = f"{run_dir(bench, r)}/eval"
         stages.append(stage(

@@ -6,7 +6,8 @@ list), ``methods`` (run name -> {method, hyper-parameters}; ``base:`` inherits) 
 ``lambda_kl``) is a number, a list with one value per step, or a mapping order -> list.
 
 Stages: ``micl/prepare`` (data), ``micl/pretrain/seed<k>`` (encoders + LM), per run
-``micl/train/<order>/<run>/seed<k>/task<t>`` (step t from t-1; joint: one stage) and
+``micl/train/<order>/<run>/seed<k>`` (its steps in sequence, step t from t-1's checkpoint ``task<t>``;
+joint: one step) and
 ``micl/evaluate/<order>/<run>/seed<k>``, then ``micl/aggregate`` and ``micl/report``.
 Artefacts under ``runs/micl/``, results under ``results/micl/``.
 """
@@ -228,18 +229,15 @@ def plan(params: dict[str, Any], data: Any, params_file: str) -> list[Stage]:
         common = {"run": r.method, "method": name, "order": r.order, "seed": r.seed, "tasks": tasks, "data": DATA,
                   "pretrained": pre}
         steps = [len(tasks) - 1] if name in JOINT else list(range(len(tasks)))
-        ckpts: dict[int, str] = {}
-        prev: str | None = None
-        for t in steps:
-            out = f"{run_dir(r)}/task{t}"
-            stages.append(stage(
-                name=f"{SECTION}/train/{r.key}/task{t}", handler="cmml.families.micl.train",
-                entries=(f"cmml.families.micl.methods.{name}",),
-                args={**common, "task": t, "prev": prev, "out": out, "hparams": resolve(params, r.method, r.order, t)},
-                deps=[DATA, pre, *([prev] if prev else [])], outs=[out], dir_outs=[out],
-                params=[*mkeys, f"{SECTION}.orders.{r.order}", f"{SECTION}.generation", *model_keys],
-                sidecar=dir_sidecar(out), gpu=True))
-            ckpts[t] = prev = out
+        ckpts = {t: f"{run_dir(r)}/task{t}" for t in steps}
+        stages.append(stage(
+            name=f"{SECTION}/train/{r.key}", handler="cmml.families.micl.train",
+            entries=(f"cmml.families.micl.methods.{name}",),
+            args={**common, "outs": {str(t): c for t, c in ckpts.items()},
+                  "hparams": {str(t): resolve(params, r.method, r.order, t) for t in steps}},
+            deps=[DATA, pre], outs=list(ckpts.values()), dir_outs=list(ckpts.values()),
+            params=[*mkeys, f"{SECTION}.orders.{r.order}", f"{SECTION}.generation", *model_keys],
+            sidecar=f"{run_dir(r)}/train.prov.json", gpu=True))
         out = f"{run_dir(r)}/eval"
         stages.append(stage(
             name=f"{SECTION}/evaluate/{r.key}", handler="cmml.families.micl.evaluate",

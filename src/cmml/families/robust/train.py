@@ -14,12 +14,16 @@ By kind:
 A complete-data model sees no missing input and is trained once; every other model once per fill
 (``robust.fills``), one checkpoint file each. Combinations are trained one after the other, each
 with its own optimiser (AdamW) and warmup-cosine schedule and a data order seeded by (seed,
-model, fill, combination).
+model, fill, combination). Each fit saves its state after every epoch under ``.cmml/resume/``
+(:mod:`cmml.train.resume`), kept until the stage's outputs are committed: a killed stage redoes at
+most the last epoch of the fits it had finished and resumes the running one.
 """
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +38,11 @@ from cmml.models.backbone import backbone_digest
 from cmml.pipeline.atomic import write_json
 from cmml.provenance.sidecar import stage_run
 from cmml.train.device import DeviceInfo, seed_everything, select_device
-from cmml.train.loop import fit
+from cmml.train.loop import Resumable, fit
+from cmml.train.resume import ResumeFile, stage_key
 
-VOLATILE = ("wall_s", "samples_per_s")
+VOLATILE = ("wall_s", "samples_per_s", "resumed_after_epoch")  # in the sidecar only
+ResumeFor = Callable[[str], ResumeFile]  # a fit's label -> its resume file
 
 
 def load_setup(args: dict[str, Any], params: dict[str, Any], fill: str, device: DeviceInfo) -> tuple[Setup, Any]:
@@ -54,8 +60,10 @@ def load_setup(args: dict[str, Any], params: dict[str, Any], fill: str, device: 
 
 
 def train_one(module: Any, data: Any, hp: dict[str, Any], seed: int, label: str, device: DeviceInfo,
-              multilabel: bool, params: list[torch.nn.Parameter], dropout: tuple[Setup, float] | None = None) -> dict[str, Any]:
-    """Fit ``params`` of ``module`` on ``data`` (modality dropout redrawn per epoch when ``dropout``)."""
+              multilabel: bool, params: list[torch.nn.Parameter], resume_for: ResumeFor,
+              dropout: tuple[Setup, float] | None = None) -> dict[str, Any]:
+    """Fit ``params`` of ``module`` on ``data`` (modality dropout redrawn per epoch when ``dropout``),
+    saving the state after every epoch to ``resume_for(label)`` and resuming from it."""
     gen = torch.Generator().manual_seed(stream_seed(seed, label))
     opt = torch.optim.AdamW(params, lr=hp["lr"], weight_decay=hp["weight_decay"])
 
@@ -67,13 +75,23 @@ def train_one(module: Any, data: Any, hp: dict[str, Any], seed: int, label: str,
     def loss(b: Any) -> tuple[torch.Tensor, dict[str, float]]:
         return task_loss(module.logits(b), b.labels, multilabel), {}
 
+    def get_state() -> dict[str, torch.Tensor]:
+        return {str(i): p.detach().cpu().clone() for i, p in enumerate(params)}
+
+    def set_state(state: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for i, p in enumerate(params):
+                p.copy_(state[str(i)])
+
     log = fit(module, batches, loss, epochs=hp["epochs"], steps_per_epoch=math.ceil(len(data) / hp["batch_size"]),
-              optimizer=opt, warmup=hp["warmup"], device=device, label=label)
-    return {k: v for k, v in log.items() if k not in VOLATILE}
+              optimizer=opt, warmup=hp["warmup"], device=device, label=label,
+              resume=Resumable(resume_for(label), get_state, set_state, (gen,)))
+    # through JSON: fresh objects in every run, so the checkpoint's pickle does not depend on whether the fit resumed
+    return json.loads(json.dumps({k: v for k, v in log.items() if k not in VOLATILE}))
 
 
 def train_fill(stage: Any, params: dict[str, Any], models: dict[str, dict[str, Any]], fill: str,
-               device: DeviceInfo) -> tuple[dict[str, Any], dict[str, Any], int]:
+               device: DeviceInfo, resume_for: ResumeFor) -> tuple[dict[str, Any], dict[str, Any], int]:
     """Train the stage's model under ``fill``: (checkpoint record, state, training samples)."""
     a = stage.args
     name, seed = a["model"], int(a["seed"])
@@ -87,7 +105,7 @@ def train_fill(stage: Any, params: dict[str, Any], models: dict[str, dict[str, A
         model = plain(setup, hp["train_backbone"]).to(device.device)
         drop = (setup, hp["p"]) if kind == "dropout" else None
         logs["all"] = train_one(model, data, hp, seed, label, device, setup.multilabel,
-                                [p for p in model.parameters() if p.requires_grad], drop)
+                                [p for p in model.parameters() if p.requires_grad], resume_for, drop)
         state: dict[str, Any] = model.cpu().state()
     elif kind == "dedicated":
         state, parts = {}, {}
@@ -95,7 +113,7 @@ def train_fill(stage: Any, params: dict[str, Any], models: dict[str, dict[str, A
             part = plain(setup, hp["train_backbone"]).to(device.device)
             sub = data.with_present(presence_of(combo, setup.modalities, len(data)))
             logs[key] = train_one(part, sub, hp, seed, f"{label}/{key}", device, setup.multilabel,
-                                  [p for p in part.parameters() if p.requires_grad])
+                                  [p for p in part.parameters() if p.requires_grad], resume_for)
             state[key] = part.cpu().state()
             parts[key] = part
         model = Dedicated(parts, setup)
@@ -106,7 +124,7 @@ def train_fill(stage: Any, params: dict[str, Any], models: dict[str, dict[str, A
             train_only(model.adapters, key)
             sub = data.with_present(presence_of(combo, setup.modalities, len(data)))
             logs[key] = train_one(model, sub, hp, seed, f"{label}/{key}", device, setup.multilabel,
-                                  model.adapters.set_parameters(key))
+                                  model.adapters.set_parameters(key), resume_for)
         train_only(model.adapters, None)
         model.cpu()
         state = model.adapters.adapter_state()
@@ -123,7 +141,13 @@ def run(stage: Any, params: dict[str, Any]) -> None:
     kind = models[a["model"]]["kind"]
     device = select_device(params["runtime"])
     fills = [None] if kind == "complete" else list(a["fills"])
-    done = {fill: train_fill(stage, params, models, fill or a["fills"][0], device) for fill in fills}
+    key, files = stage_key(stage, params), []
+
+    def resume_for(label: str) -> ResumeFile:  # one file per fit, all kept until the outputs are committed
+        files.append(ResumeFile({**key, "fit": label}))
+        return files[-1]
+
+    done = {fill: train_fill(stage, params, models, fill or a["fills"][0], device, resume_for) for fill in fills}
     logs = {fill or "any": {"train": rec["train"], "counts": rec["counts"], "train_samples": n}
             for fill, (rec, _, n) in done.items()}
     with stage_run(stage, params, seed=int(a["seed"]), device=device.describe(), extra={"fills": logs}) as sr:
@@ -131,3 +155,5 @@ def run(stage: Any, params: dict[str, Any]) -> None:
         for fill, (rec, state, _) in done.items():
             save(out / ckpt_file(kind, fill), rec, state)
         write_json(out / "train_log.json", logs)
+    for f in files:
+        f.clear()
