@@ -361,3 +361,31 @@ def test_map_heads_and_gradients(backbone: Backbone) -> None:
 def test_map_invalid_hparams(over: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError, match=key):
         MapPrompt.resolve_hparams({"method": "map_prompt", **COMMON, **HPARAMS[MapPrompt], **over}, "cmml.methods.m")
+
+
+@pytest.mark.parametrize("cls", [CodaPrompt, L2P, DualPrompt], ids=lambda c: c.NAME)
+def test_evaluation_reuses_the_frozen_query_pass_exactly(backbone: Backbone, cls: type[Method],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two checkpoints predicting inside one reuse block: the second makes no query pass of its own,
+    and its logits equal those of a prediction that recomputes everything."""
+    from cmml.models.backbone import reuse_frozen_passes
+
+    first, second = make(cls, backbone), make(cls, backbone, seed=1)
+    train(second, 0, 2)
+    first.begin_task(tctx(0))  # the untrained row
+    first.eval()
+    b = batch(seed=7)
+    plain = [m.predict(b) for m in (first, second)]
+    calls: list[Injection | None] = []
+    real = Backbone.forward
+    monkeypatch.setattr(Backbone, "forward", lambda self, *a, **k: calls.append(k.get("inject")) or real(self, *a, **k))
+    store: list = []
+    reused = []
+    for m in (first, second):
+        with reuse_frozen_passes(store):
+            reused.append(m.predict(batch(seed=7)))  # a fresh batch object with the same content
+    assert [torch.equal(a, b) for a, b in zip(plain, reused)] == [True, True]
+    assert len(store) == 1 and len(calls) == 3  # one query pass for both, one prompted pass each
+    with reuse_frozen_passes(store):
+        other = second.predict(batch(seed=8))  # other inputs: computed, not reused
+    assert len(store) == 2 and not torch.equal(other, reused[1])

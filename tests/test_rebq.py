@@ -295,3 +295,19 @@ def test_as_released_old_rows_decay_like_adamw() -> None:
     fixed.after_optimizer_step(fixed.configure_optimizer())
     assert all(torch.equal(a, b) for a, b in zip(kept, (p for pool in fixed.pools.values() for p in pool.p[:1])))
     assert fixed.configure_optimizer().param_groups[0]["betas"] == (0.9, 0.98)
+
+
+def test_evaluation_reuses_the_frozen_h0_pass_exactly(backbone: Backbone) -> None:
+    """RebQ's H0 query pass is reused across checkpoints in evaluation; the logits are unchanged."""
+    from cmml.models.backbone import reuse_frozen_passes
+
+    first, second = make(backbone), make(backbone, seed=1)
+    train(second, 0, 2)
+    first.begin_task(tctx(0))  # the untrained row
+    first.eval()
+    plain = [m.predict(batch(seed=7)) for m in (first, second)]
+    store: list = []
+    for m, want in zip((first, second), plain):
+        with reuse_frozen_passes(store):
+            assert torch.equal(m.predict(batch(seed=7)), want)
+    assert len(store) == 1

@@ -199,7 +199,7 @@ def test_report_contains_every_method_and_valid_pngs(params: dict[str, Any]) -> 
     heatmaps = sorted((out / "heatmaps").iterdir())
     assert [p.stem for p in heatmaps] == [p.stem for p in sorted(Path("results/cmml/matrices").iterdir())]
     for p in heatmaps:
-        assert png_size(p) == (252, 204)  # sized by T=3
+        assert png_size(p) == (252, 232)  # sized by T=3 and the two title lines
         assert f"heatmaps/{p.name}" in md
     # each method's first seed inline, the other seeds linked
     for name in ("both70__finetune_head__seed0", "both70__joint__seed0"):

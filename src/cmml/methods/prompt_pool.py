@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cmml.errors import ConfigError
-from cmml.models.backbone import Backbone
+from cmml.models.backbone import Backbone, frozen_pass
 
 EPS = 1e-12  # CODA-P's F.normalize epsilon
 
@@ -146,8 +146,7 @@ def split_prefixes(layers: Sequence[int], prompts: Tensor) -> dict[int, tuple[Te
 
 def frozen_query(backbone: Backbone, batch: Any) -> Tensor:
     """[B, D] query of the query-based prompt methods: text [CLS] of the unprompted input, no grad."""
-    with torch.no_grad():
-        return backbone(batch.input_ids, batch.attention_mask, batch.pixel_values, pixel_mask=batch.pixel_mask).text_cls
+    return frozen_pass(backbone, batch.input_ids, batch.attention_mask, batch.pixel_values, batch.pixel_mask).text_cls
 
 
 def check_layers(layers: Any, key: str, where: str, depth: int | None = None) -> None:

@@ -54,7 +54,7 @@ from torch import Tensor, nn
 from cmml.errors import ConfigError
 from cmml.methods.base import Method, TaskContext, TaskInfo
 from cmml.methods.prompt_pool import PromptPool
-from cmml.models.backbone import Backbone, Encoded, Injection
+from cmml.models.backbone import Backbone, Encoded, Injection, frozen_pass
 
 LAYER_KEYS = ("memory_layers", "text_layers", "image_layers")
 POOL_LAYERS = {"memory": "memory_layers", "text": "text_layers", "image": "image_layers", "shared": "text_layers"}
@@ -162,8 +162,7 @@ class RebQ(Method):
                 if pm is not None:
                     pm = torch.cat([pm, pm[src], batch.empty_pixel_mask.expand_as(pm[src])])
                 types = torch.cat([codes, codes.new_full((c,), 3), codes.new_full((c,), 4)])
-        with torch.no_grad():
-            h0 = self.backbone(ids, mask, pix, pixel_mask=pm)
+        h0 = frozen_pass(self.backbone, ids, mask, pix, pm)
         q_txt, q_img = h0.text_cls[:b], h0.image_cls[:b]
         if memory is None:
             return q_txt, q_img, None

@@ -41,8 +41,8 @@ SEED = re.compile(r"seed\d+")
 def group(stage: Stage) -> str:
     """Directory of the dvc.yaml that holds ``stage`` ("" for the root file).
 
-    Stages of one seed share a file (a file holds at most one run's task chain), so the lock
-    DVC rewrites after each stage stays the same size however many seeds, settings or methods.
+    Stages of one seed share a file (a file holds at most one run's train and evaluate stages), so
+    the lock DVC rewrites after each stage stays the same size however many seeds, settings or methods.
     """
     parts = stage.name.split("/")
     seed = [p for p in parts if SEED.fullmatch(p)][-1:]

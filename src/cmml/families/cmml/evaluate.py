@@ -18,6 +18,7 @@ import torch
 from cmml.eval.metrics import score
 from cmml.families.cmml.runs import INIT_ROW, SECTION, row_label
 from cmml.methods.base import Method
+from cmml.models.backbone import reuse_frozen_passes
 from cmml.pipeline.atomic import write_json
 from cmml.provenance.sidecar import stage_run
 from cmml.train.checkpoint import CKPT_FILE, build_method, load_checkpoint, load_context, untrained
@@ -31,6 +32,13 @@ def trained_params(method: torch.nn.Module) -> int:
     return sum(v.numel() for k, v in method.named_parameters() if not k.startswith("backbone.") or v.requires_grad)
 
 
+def frozen_backbone(method: Method) -> bool:
+    """Whether ``method`` trains nothing in the backbone: then every checkpoint of a run leaves it as
+    it is, and the frozen (query) passes on a test batch are made once per stage
+    (:func:`~cmml.models.backbone.reuse_frozen_passes`), giving the very tensors a recomputation gives."""
+    return not any(p.requires_grad for p in method.backbone.parameters())
+
+
 def shared_features(method: Method) -> bool:
     """Whether ``method``'s logits are its head on the plain frozen backbone's features.
 
@@ -39,7 +47,7 @@ def shared_features(method: Method) -> bool:
     """
     cls = type(method)
     return (cls.features is Method.features and cls.logits is Method.logits and cls.predict is Method.predict
-            and not any(p.requires_grad for p in method.backbone.parameters()))
+            and frozen_backbone(method))
 
 
 def run(stage: Any, params: dict[str, Any]) -> None:
@@ -56,6 +64,7 @@ def run(stage: Any, params: dict[str, Any]) -> None:
     rows: dict[str, dict[str, list[float]]] = {}
     counted: dict[str, int] = {}
     features: dict[tuple[int, int], torch.Tensor] = {}  # (task, batch) -> features, see shared_features
+    passes: dict[tuple[int, int], list] = {}  # (task, batch) -> frozen passes, see frozen_backbone
     for row in a["rows"]:
         method = build_method(ctx, backbone)
         if row == INIT_ROW:
@@ -65,7 +74,7 @@ def run(stage: Any, params: dict[str, Any]) -> None:
         method.to(device.device).eval()
         counted = {"trained": trained_params(method), "backbone": sum(p.numel() for p in backbone.parameters())}
         per_task: dict[str, list[float]] = {}
-        shared = shared_features(method)
+        shared, frozen = shared_features(method), frozen_backbone(method)
         for j, part in enumerate(parts):
             logits, labels = [], []
             with torch.no_grad():
@@ -75,6 +84,9 @@ def run(stage: Any, params: dict[str, Any]) -> None:
                             if (j, i) not in features:
                                 features[j, i] = method.features(b.to(device.device))
                             z = method.head(features[j, i])
+                        elif frozen:
+                            with reuse_frozen_passes(passes.setdefault((j, i), [])):
+                                z = method.predict(b.to(device.device))
                         else:
                             z = method.predict(b.to(device.device))
                     logits.append(z.float().cpu())

@@ -261,7 +261,8 @@ def plot_missing_rate(path: Path, curves: dict[str, dict[str, list[tuple[float, 
 def plot_heatmap(path: Path, title: str, tasks: list[str], values: np.ndarray) -> None:
     """An annotated heatmap of one run's (T+1)×T score matrix (0-100 colour scale, grey where not evaluated)."""
     n = len(tasks)
-    with figure(path, 120 + 44 * n, 100 + 26 * (n + 1)) as fig:
+    lines = title.count("\n") + 1
+    with figure(path, 120 + 44 * n, 100 + 14 * lines + 26 * (n + 1), margins_px=(58, 62, 40, 10 + 14 * lines)) as fig:
         ax = fig.add_subplot()
         ax.set_facecolor("#e6e6e6")
         im = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=0, vmax=100, aspect="auto")
@@ -382,7 +383,7 @@ def run(stage: Any, params: dict[str, Any]) -> None:
         (out / HEATMAPS).mkdir()
         (out / CURVES).mkdir()
         for r, (_, values) in matrices.items():
-            plot_heatmap(out / heatmap_png(r), f"{r.setting} / {r.method} / seed {r.seed}", tasks, values)
+            plot_heatmap(out / heatmap_png(r), f"{r.setting}\n{r.method} / seed {r.seed}", tasks, values)
         plot_ap(out / AP_PLOT, list(order), methods, groups, colors)
         if curves:
             plot_missing_rate(out / RATE_PLOT, curves, groups, colors)
