@@ -18,6 +18,16 @@ rule all:
         [o for s in STAGES for o in s.outs if o not in CONSUMED],
 
 
+onstart:
+    # Snakemake's job rate limiter (--max-jobs-per-timespan, default 100/1s) re-runs the job selector
+    # from a timer after every scheduling round, and each timer's round starts another: the timers add
+    # up with every finished job, so on a 2-core run of the default DAG the scheduler alone burned
+    # ~200 s of CPU. A local run submits far fewer than 100 jobs per second, so the limiter is dropped
+    # there; a cluster executor keeps it (it protects the cluster's scheduler).
+    if workflow.local_exec and getattr(workflow, "scheduler", None) is not None:
+        workflow.scheduler.job_rate_limiter = None
+
+
 onsuccess:
     # keep DVC's view in step: dvc.lock and the DVC cache from the sidecars (see src/cmml/provenance/dvclock.py)
     if os.path.isdir(".dvc"):
