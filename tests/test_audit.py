@@ -335,6 +335,17 @@ def test_dvc_lock_disagreement_names_the_stage(chain: Path, capsys: pytest.Captu
     assert f"cmml/train/x  {B.sidecar}  OK" in out  # the rest of the walk still runs
 
 
+def test_lock_entries_of_stages_no_longer_defined_are_ignored(chain: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """DVC keeps a removed stage's entry in dvc.lock (e.g. after the DAG changed shape) but ignores it;
+    so does the audit, once a dvc.yaml says which stages exist."""
+    good = str(hash_file(chain / METRICS)["md5"])
+    write_lock(chain, {C.dvc_name: {"outs": [(METRICS, good)]}, "cmml-aggregate-old": {"outs": [(METRICS, "f" * 32)]}})
+    rc, _, err = audit(capsys, "results/metrics.json")
+    assert rc == 1 and "dvc.lock stage 'cmml-aggregate-old' (outs)" in err  # no dvc.yaml: every entry counts
+    (chain / "dvc.yaml").write_text(yaml.safe_dump({"stages": {C.dvc_name: {"cmd": "python -m cmml run cmml/aggregate"}}}))
+    assert audit(capsys, "results/metrics.json")[0] == 0
+
+
 def dvc(root: Path, *args: str) -> None:
     subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, check=True, capture_output=True)
 

@@ -18,7 +18,8 @@ record are hashed from the workspace. Only slash-free ``.dvcignore`` name patter
 entries without ``hash: md5`` (DVC 2 ``md5-dos2unix``) are skipped.
 
 dvc.lock paths are taken relative to the project root (every generated stage runs there); an
-unreadable dvc.lock is a broken link.
+unreadable dvc.lock is a broken link. Lock entries of stages the sibling dvc.yaml (when there is one) no
+longer defines are ignored, as DVC ignores them.
 
 A recorded file missing from the workspace is not a failure when dvc.lock vouches for it:
 a file entry with the same md5, or a directory entry whose manifest (from the local DVC cache,
@@ -137,12 +138,20 @@ class DvcLock:
         paths = [p for p in [root / DVC_LOCK, *sorted((root / "pipelines").rglob(DVC_LOCK))] if p.is_file()]
         if not paths:
             return None
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
         files = {}
         for path in paths:
             try:
-                files[path.relative_to(root).as_posix()] = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+                data = yaml.load(path.read_text(), Loader=loader)
+                defined = path.with_name("dvc.yaml")
+                stages = (yaml.load(defined.read_text(), Loader=loader) or {}).get("stages") if defined.is_file() else None
             except yaml.YAMLError as exc:
                 raise DataError(f"{path}: not valid YAML: {exc}") from None
+            if isinstance(data, dict) and isinstance(data.get("stages"), dict) and isinstance(stages, dict):
+                # DVC keeps the entries of stages no longer in dvc.yaml (e.g. after the DAG changed shape)
+                # but ignores them; so does the audit
+                data = {**data, "stages": {k: v for k, v in data["stages"].items() if k in stages}}
+            files[path.relative_to(root).as_posix()] = data
         return cls(root, files)
 
     def object(self, oid: str) -> Path:
