@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -52,3 +53,24 @@ def test_status_groups_every_family_of_the_default_params(tmp_path: Path, monkey
     assert main(["status"]) == 0
     groups = {line.split()[0] for line in capsys.readouterr().out.splitlines() if not line.startswith(" ")}
     assert {"cmml/main", "cmml/zoo", "robust", "micl/order1", "micl/order2", "index"} <= groups
+
+
+def test_params_stamp_is_newer_than_the_outputs_exactly_while_the_params_differ(tmp_path: Path) -> None:
+    """Snakemake sees a params edit on a stage another tool ran last through this stamp (its input)."""
+    import os
+
+    from cmml.pipeline.stage import Stage
+    from cmml.pipeline.status import params_stamps
+
+    st = Stage(name="cmml/train/x/seed0", handler="h", args={}, deps=[], outs=["o"], params=["m.lr"], sidecar="o.prov.json")
+    side = tmp_path / "o.prov.json"
+    side.write_text(json.dumps({"params": {"m.lr": 0.1}}))
+    os.utime(side, (1000, 1000))
+    stamp = tmp_path / params_stamps([st], {"m": {"lr": 0.1}}, tmp_path)[st.name]
+    assert stamp.stat().st_mtime == 0
+    params_stamps([st], {"m": {"lr": 0.2}}, tmp_path)
+    assert stamp.stat().st_mtime > 1000  # newer than the sidecar: Snakemake reruns the stage
+    params_stamps([st], {"m": {"lr": 0.1}}, tmp_path)
+    assert stamp.stat().st_mtime == 0  # edited back before it reran: nothing to do
+    no_params = Stage(name="params", handler="h", args={}, deps=[], outs=["p"], params=[], sidecar="p.prov.json")
+    assert params_stamps([no_params], {}, tmp_path) == {}

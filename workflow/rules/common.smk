@@ -10,6 +10,7 @@ from cmml.errors import CmmlError
 from cmml.pipeline.fingerprints import refresh
 from cmml.pipeline.plan import critical_depths, load, plan
 from cmml.pipeline.sources import save_cache
+from cmml.pipeline.status import params_stamps
 from cmml.pipeline.worker import spawn
 from cmml.pipeline.workspace import OWNER_ENV, claim, release
 from cmml.provenance.dvclock import main as dvc_lock
@@ -28,6 +29,7 @@ try:
 except CmmlError as _exc:
     raise WorkflowError(str(_exc))
 PRIORITY = critical_depths(STAGES)  # deepest first: the stages the most work waits on start early
+PARAMS_STAMPS = params_stamps(STAGES, config)  # params edits Snakemake's own metadata cannot see (src/cmml/pipeline/status.py)
 _code_changed = refresh(STAGES, config)
 save_cache()  # the modules' imports and fingerprints, for the next parse (src/cmml/pipeline/sources.py)
 if _code_changed and os.path.isdir(".dvc"):

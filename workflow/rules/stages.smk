@@ -10,6 +10,7 @@ for _stage in STAGES:
             _stage.rule_name
         input:
             _stage.all_deps,
+            PARAMS_STAMPS.get(_stage.name, []),
         output:
             stage_outputs(_stage),
         params:

@@ -10,6 +10,7 @@ sidecar records now (the producer ran again) or the producer itself is not done.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,43 @@ def states(stages: list[Stage], params: dict[str, Any], root: Path = Path(".")) 
                 break
         result[s.name] = reason
     return result
+
+
+STAMPS = ".cmml/params-stamps"
+
+
+def params_stamps(stages: list[Stage], params: dict[str, Any], root: Path = Path(".")) -> dict[str, str]:
+    """{stage name: stamp file} for every stage that reads params: an extra Snakemake input whose
+    mtime is newer than the stage's outputs exactly when its sidecar records other params values
+    than ``params`` holds now (else the epoch).
+
+    Snakemake notices a params edit through the metadata of its own last run of a job; a job last
+    run by DVC (or by ``cmml run``) has none, and Snakemake would leave it as it is. The stamp makes
+    the edit visible to it whichever tool ran the stage last (called while the Snakefile is parsed).
+    """
+    d = root / STAMPS
+    d.mkdir(parents=True, exist_ok=True)
+    out: dict[str, str] = {}
+    for s in stages:
+        if not s.params:
+            continue
+        stamp, side = d / s.rule_name, root / s.sidecar
+        if not stamp.exists():
+            stamp.touch()
+            os.utime(stamp, (0, 0))
+        try:
+            rec = json.loads(side.read_text()) if side.is_file() else None
+        except ValueError:
+            rec = None
+        if isinstance(rec, dict):
+            stale = rec.get("params") != json.loads(json.dumps(subset(params, s.params)))
+            newer = stamp.stat().st_mtime > side.stat().st_mtime
+            if stale and not newer:
+                stamp.touch()
+            elif not stale and newer:  # edited back before the stage reran
+                os.utime(stamp, (0, 0))
+        out[s.name] = f"{STAMPS}/{s.rule_name}"
+    return out
 
 
 def report(stages: list[Stage], params: dict[str, Any]) -> list[str]:
