@@ -29,7 +29,9 @@ try:
 except CmmlError as _exc:
     raise WorkflowError(str(_exc))
 PRIORITY = critical_depths(STAGES)  # deepest first: the stages the most work waits on start early
-PARAMS_STAMPS = params_stamps(STAGES, config)  # params edits Snakemake's own metadata cannot see (src/cmml/pipeline/status.py)
+# params edits Snakemake's own metadata cannot see (src/cmml/pipeline/status.py); a workspace-local
+# concern, so not with a default storage provider (a cluster run from a bucket)
+PARAMS_STAMPS = {} if workflow.storage_settings.default_storage_provider else params_stamps(STAGES, config)
 _code_changed = refresh(STAGES, config)
 save_cache()  # the modules' imports and fingerprints, for the next parse (src/cmml/pipeline/sources.py)
 if _code_changed and os.path.isdir(".dvc"):
