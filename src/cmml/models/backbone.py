@@ -194,8 +194,8 @@ _REUSE: ContextVar[list[tuple[tuple[Tensor | None, ...], Encoded]] | None] = Con
 
 @contextmanager
 def reuse_frozen_passes(store: list[tuple[tuple[Tensor | None, ...], Encoded]]) -> Iterator[None]:
-    """Inside the block, :func:`frozen_pass` returns the output kept in ``store`` for inputs equal to
-    the element to those of an earlier call instead of recomputing it (and keeps new ones there).
+    """Inside the block, :func:`frozen_pass` returns the output kept in ``store`` when its inputs equal,
+    element for element, those of an earlier call, instead of recomputing it (and keeps new ones there).
 
     Only for a backbone that is the same frozen module in every use of ``store``: evaluation of a
     run whose checkpoints leave the backbone untouched, where each checkpoint's query pass on a

@@ -30,6 +30,11 @@ def _records(stages: list[Stage], root: Path) -> dict[str, dict[str, Any] | None
     return out
 
 
+def _params_changed(rec: dict[str, Any], stage: Stage, params: dict[str, Any]) -> bool:
+    """Whether the sidecar ``rec`` records other values of the stage's params keys than ``params`` holds."""
+    return rec.get("params") != json.loads(json.dumps(subset(params, stage.params)))
+
+
 def _files(records: dict[str, Any], path: str) -> dict[str, str]:
     prefix = path.rstrip("/") + "/"
     return {k: r.get("md5", "") for k, r in records.items() if k == path or k.startswith(prefix)}
@@ -46,7 +51,7 @@ def states(stages: list[Stage], params: dict[str, Any], root: Path = Path(".")) 
         if rec is None or not all((root / o).exists() for o in s.outs):
             result[s.name] = "missing"
             continue
-        if rec.get("params") != json.loads(json.dumps(subset(params, s.params))):
+        if _params_changed(rec, s, params):
             result[s.name] = "stale (params)"
             continue
         if s.name.startswith("code/"):
@@ -87,20 +92,17 @@ def params_stamps(stages: list[Stage], params: dict[str, Any], root: Path = Path
     """
     d = root / STAMPS
     d.mkdir(parents=True, exist_ok=True)
+    reading = [s for s in stages if s.params]
+    recs = _records(reading, root)
     out: dict[str, str] = {}
-    for s in stages:
-        if not s.params:
-            continue
+    for s in reading:
         stamp, side = d / s.rule_name, root / s.sidecar
         if not stamp.exists():
             stamp.touch()
             os.utime(stamp, (0, 0))
-        try:
-            rec = json.loads(side.read_text()) if side.is_file() else None
-        except ValueError:
-            rec = None
+        rec = recs[s.name]
         if isinstance(rec, dict):
-            stale = rec.get("params") != json.loads(json.dumps(subset(params, s.params)))
+            stale = _params_changed(rec, s, params)
             newer = stamp.stat().st_mtime > side.stat().st_mtime
             if stale and not newer:
                 stamp.touch()
