@@ -5,7 +5,7 @@ cmml/train/x reads it and writes runs/x/model; cmml/aggregate reads the model an
 results/metrics.json and results/matrices/ with the file sidecar results/agg.prov.json (like the
 real aggregate stage). Directory sidecars lie beside their directories (runs/x/data.prov.json).
 Each stage also depends on its code fingerprint file runs/code/<key>.json, written by the real
-``code/<key>`` handler from the source files of the stage's import closure; those source files
+``code`` stage's handler from the source files of the stage's import closure; those source files
 are the leaves of the chain. The stage bodies are the test's own (cheap), the handlers named in
 the stages are real modules, so the recorded code is the real import closure.
 """
@@ -31,7 +31,7 @@ from cmml.config import params_hash
 from cmml.pipeline import fingerprints, params_split, sources
 from cmml.pipeline.atomic import write_json
 from cmml.pipeline.dvcgen import render
-from cmml.pipeline.plan import params_stage
+from cmml.pipeline.plan import code_stage, params_stage
 from cmml.pipeline.sources import closure, rel_path
 from cmml.pipeline.stage import Stage, dir_sidecar
 from cmml.provenance import audit as audit_mod
@@ -55,23 +55,12 @@ C = Stage(name="cmml/aggregate", handler="cmml.families.cmml.aggregate",
 P = params_stage([A, B, C])  # the params files DVC reads
 
 
-def code_stage(st: Stage) -> Stage:
-    """The ``code/<key>`` stage that writes ``st``'s fingerprint file (built as plan() builds it)."""
-    f = st.code_file
-    assert f is not None
-    return Stage(name=f"code/{Path(f).stem}", handler="cmml.pipeline.fingerprints",
-                 args={"entries": list(st.code_entries), "out": f}, deps=[rel_path(m) for m in closure(st.code_entries)],
-                 outs=[f], params=[], sidecar=f"{f.removesuffix('.json')}.prov.json")
-
-
-def code_stages() -> list[Stage]:
-    return [code_stage(s) for s in (P, A, B, C)]
+CODE = code_stage({s.code_file: s.code_entries for s in (P, A, B, C) if s.code_file})  # as plan() builds it
 
 
 def run_chain(params: dict[str, Any]) -> None:
     """Run the code stages (real handler) and the three stages through the real sidecar machinery."""
-    for st in code_stages():
-        fingerprints.run(st, params)
+    fingerprints.run(CODE, params)
     params_split.run(P, params)
     with stage_run(A, params) as run:
         d = run.tmp(A.args["out"])
@@ -150,24 +139,23 @@ def tree_line(depth: int, st: Stage, status: str = "OK") -> str:
 
 
 def test_intact_chain_passes_and_prints_every_stage(chain: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    _, ca, cb, cc = code_stages()
     rc, out, err = audit(capsys, "results/metrics.json")
     assert rc == 0, err
     lines = out.splitlines()
     # children in the order of their inputs: the code fingerprint file (runs/code/...) first
-    assert lines[:6] == [tree_line(0, C), tree_line(1, cc), tree_line(1, B), tree_line(2, cb), tree_line(2, A),
-                         tree_line(3, ca)]
-    assert lines[6].startswith("audit OK: 6 provenance records") and len(lines) == 7
+    seen = f"  code  {CODE.sidecar}  (verified above: OK)"  # one code stage, printed in full once
+    assert lines[:6] == [tree_line(0, C), tree_line(1, CODE), tree_line(1, B), f"  {seen}", tree_line(2, A), f"    {seen}"]
+    assert lines[6].startswith("audit OK: 4 provenance records") and len(lines) == 7
     assert err == ""
     # the sidecar is beside its directory, and records the planned command and the code it ran
     assert not (chain / DATA / "prov.json").exists() and not (chain / MODEL / "prov.json").exists()
     rec = json.loads((chain / B.sidecar).read_text())
     assert rec["command"] == ["python", "-m", "cmml", "run", "cmml/train/x"]
     assert set(rec["inputs"]) == {B.code_file, f"{DATA}/sub/y.txt", f"{DATA}/x.bin"}
-    assert set(rec["code"]["sources"]) == set(cb.deps) == set(rec["code"]["fingerprints"])
+    assert set(rec["code"]["sources"]) == {rel_path(m) for m in closure(B.code_entries)} == set(rec["code"]["fingerprints"])
     assert "src/cmml/methods/finetune.py" in rec["code"]["sources"] and PREPARE_SRC not in rec["code"]["sources"]
     # the code stage's inputs are the source files: leaves of the chain, never "no provenance record"
-    assert set(json.loads((chain / ca.sidecar).read_text())["inputs"]) == set(ca.deps) and PREPARE_SRC in ca.deps
+    assert set(json.loads((chain / CODE.sidecar).read_text())["inputs"]) == set(CODE.deps) and PREPARE_SRC in CODE.deps
     # a directory, a sidecar itself and several paths at once; shared ancestors are verified once
     rc, out, _ = audit(capsys, MODEL, AGG_SIDECAR, f"{DATA}/sub/y.txt")
     assert rc == 0
@@ -221,10 +209,10 @@ def test_changed_source_file_is_named(chain: Path, capsys: pytest.CaptureFixture
     src.write_text(src.read_text() + "\nEDITED = True\n")
     rc, out, err = audit(capsys, "results/metrics.json")
     assert rc == 1
-    assert err.startswith(f"BROKEN: code changed: {PREPARE_SRC} (expected sha256 ")
-    assert f"as recorded for data/prepare ({DATA})" in err
-    # the code stage that fingerprinted it names it too; stages whose code does not hold it stay OK
-    assert f"BROKEN: {PREPARE_SRC}: input of code/data-prepare (runs/code/data-prepare) changed since it was used" in out
+    # the code stage that fingerprinted it names it first, then the stage that ran it; stages whose code does not hold it stay OK
+    assert err.startswith(f"BROKEN: {PREPARE_SRC}: input of code (runs/code) changed since it was used (expected sha256 ")
+    assert f"BROKEN: code changed: {PREPARE_SRC} (expected sha256 " in out
+    assert f"as recorded for data/prepare ({DATA})" in out
     assert tree_line(1, B) in out.splitlines() and tree_line(0, C) in out.splitlines()
     src.unlink()
     rc, _, err = audit(capsys, DATA)
@@ -256,10 +244,10 @@ def test_docstring_edit_keeps_the_audit_ok_a_code_edit_breaks_it(chain: Path, ca
     src.write_text(edited)
     fp = chain / str(A.code_file)
     fp_before, sidecars_before = fp.read_bytes(), {s.sidecar: (chain / s.sidecar).read_bytes() for s in (A, B, C)}
-    newest = max((chain / p).stat().st_mtime for p in (fp, code_stage(A).sidecar))
+    newest = max((chain / p).stat().st_mtime for p in (*CODE.outs, CODE.sidecar))
     os.utime(src, (newest + 5, newest + 5))  # newer than the fingerprint file, whatever the clock's resolution
     sources.clear_caches()
-    assert fingerprints.refresh(code_stages(), PARAMS) == ["code/data-prepare"]  # only the stage whose code holds it
+    assert fingerprints.refresh([CODE, P, A, B, C], PARAMS)  # the source is newer than the fingerprints: reruns
     assert fp.read_bytes() == fp_before  # same fingerprint: nothing downstream reruns
     assert {s.sidecar: (chain / s.sidecar).read_bytes() for s in (A, B, C)} == sidecars_before
     recorded = json.loads((chain / A.sidecar).read_text())["code"]["sources"][PREPARE_SRC]
@@ -271,8 +259,9 @@ def test_docstring_edit_keeps_the_audit_ok_a_code_edit_breaks_it(chain: Path, ca
     src.write_text(edited + "EDITED = True\n")  # one statement more
     rc, out, err = audit(capsys, "results/metrics.json")
     assert rc == 1
-    assert err.startswith(f"BROKEN: code changed: {PREPARE_SRC} (expected sha256 {recorded[:12]} as recorded for "
-                          f"data/prepare ({DATA}), found {hash_file(src)['sha256'][:12]})")
+    assert err.startswith(f"BROKEN: {PREPARE_SRC}: input of code (runs/code) changed since it was used")
+    assert (f"BROKEN: code changed: {PREPARE_SRC} (expected sha256 {recorded[:12]} as recorded for "
+            f"data/prepare ({DATA}), found {hash_file(src)['sha256'][:12]})") in out
     assert f"    data/prepare  {A.sidecar}  BROKEN" in out
 
 
@@ -353,7 +342,7 @@ def dvc(root: Path, *args: str) -> None:
 def test_real_dvc_lock_and_cache(chain: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Against dvc itself, with the dvc.yaml the plan renders: `dvc commit` writes dvc.lock and the
     cache; `dvc checkout` restores; the directories' DVC hashes hold data only (sidecars beside)."""
-    for path, text in render([*code_stages(), P, A, B, C]).items():
+    for path, text in render([CODE, P, A, B, C]).items():
         (chain / path).parent.mkdir(parents=True, exist_ok=True)
         (chain / path).write_text(text)
     dvc(chain, "init", "--no-scm", "-q")
@@ -378,7 +367,7 @@ def test_real_dvc_lock_and_cache(chain: Path, capsys: pytest.CaptureFixture[str]
     agg = chain / "src/cmml/families/cmml/aggregate.py"
     agg.write_text(agg.read_text() + "\nEDITED = True\n")
     sources.clear_caches()
-    fingerprints.run(code_stage(C), PARAMS)
+    fingerprints.run(CODE, PARAMS)
     with stage_run(C, PARAMS) as run:
         run.tmp(METRICS).write_text("{}")
         (run.tmp(MATRICES) / "acc.csv").write_text("1\n")

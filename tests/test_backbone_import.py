@@ -43,8 +43,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("CMML_WORKER", "0")
     Path("params.yaml").write_text(yaml.safe_dump(params("unused"), sort_keys=False))
-    prepare = find(plan(params("unused")), "data/prepare")
-    assert main(["run", f"code/{Path(prepare.code_file).stem}"]) == 0 and main(["run", "data/prepare"]) == 0
+    assert main(["run", "code"]) == 0 and main(["run", "data/prepare"]) == 0
     return tmp_path
 
 
@@ -91,7 +90,7 @@ def test_absent_hub_id_is_one_clear_error(project: Path, monkeypatch: pytest.Mon
     monkeypatch.setenv("HF_HUB_CACHE", str(project / "empty-cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     Path("params.yaml").write_text(yaml.safe_dump(params("acme/not-here"), sort_keys=False))
-    assert main(["run", "code/models-import_backbone"]) == 0
+    assert main(["run", "code"]) == 0
     assert main(["run", "data/backbone"]) == 2
     err = capsys.readouterr().err
     assert "backbone.pretrained = 'acme/not-here'" in err and "local Hugging Face cache" in err

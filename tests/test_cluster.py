@@ -65,6 +65,7 @@ def test_kubernetes_profile_dry_run(project: Path, tmp_path: Path) -> None:
     sources were uploaded as README tells users to upload them to their bucket."""
     store = tmp_path / "bucket"
     shutil.copytree(project / "src", store / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(project / "params.yaml", store / "params.yaml")
     proc = smk(project, "-n", "--workflow-profile", "workflow/profiles/kubernetes",
                "--default-storage-provider", "fs", "--default-storage-prefix", str(store))
     out = proc.stdout + proc.stderr

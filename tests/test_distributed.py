@@ -46,7 +46,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
         mp.chdir(root)
         mp.setenv("CMML_WORKER", "0")
         for st in plan(p):
-            if st.name.startswith(("code/", "data/")):
+            if st.name.startswith(("code", "data/")):
                 assert main(["run", st.name]) == 0, st.name
     return root
 

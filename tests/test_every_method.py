@@ -46,7 +46,7 @@ def test_method_trains_two_tasks_and_evaluates(project: Path, method: str, monke
     monkeypatch.setenv("CMML_WORKER", "0")
     run = run_for(method)
     params = yaml.safe_load(Path("params.yaml").read_text())
-    mine = [s.name for s in plan(params) if s.name.startswith(("code/", "data/")) or f"/{run}/" in s.name]
+    mine = [s.name for s in plan(params) if s.name.startswith(("code", "data/")) or f"/{run}/" in s.name]
     for name in mine:
         if not Path(f"{next(s for s in plan(params) if s.name == name).sidecar}").is_file():
             assert main(["run", name]) == 0, name

@@ -54,7 +54,7 @@ def test_every_method_through_the_stage_cli(project: Path, monkeypatch: pytest.M
     monkeypatch.chdir(project)
     monkeypatch.setenv("CMML_WORKER", "0")
     params = yaml.safe_load(Path("params.yaml").read_text())
-    stages = [s for s in plan(params) if s.name.startswith("micl/") or s.name.startswith("code/families-micl")]
+    stages = [s for s in plan(params) if s.name.startswith("micl/") or s.name == "code"]
     for s in stages:
         assert main(["run", s.name]) == 0, s.name
     for run, method in RUNS.items():
@@ -133,7 +133,7 @@ def test_kill_9_mid_step_resumes_to_the_same_checkpoint(project: Path, tmp_path:
     Path("params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     name, cks = "micl/train/o/moincl/seed0", [Path(f"runs/micl/o/moincl/seed0/task{t}/ckpt.pt") for t in range(2)]
     for s in plan(p):
-        if s.name.startswith(("code/families-micl", "micl/prepare", "micl/pretrain/seed0")):
+        if s.name.startswith(("code", "micl/prepare", "micl/pretrain/seed0")):
             assert main(["run", s.name]) == 0, s.name
     cmd, env = [sys.executable, "-m", "cmml", "run", name], {**os.environ, "CMML_WORKER": "0"}
     saved = kill_after_epoch(cmd, env, 2, task=1)

@@ -74,7 +74,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
     params = yaml.safe_load((root / "params.yaml").read_text())
     for st in plan(params):
-        if st.name.startswith("code/") or st.name.startswith("data/"):
+        if st.name == "code" or st.name.startswith("data/"):
             cli(root, "run", st.name)
     probes = json.loads((root / DATA / "backbone/seed0/pretrain_log.json").read_text())["modality_probes"]
     assert probes["complete"] > max(probes["text_only"], probes["image_only"]) + 10, probes

@@ -31,7 +31,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("CMML_WORKER", "0")
     Path("params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     for st in plan(p):
-        if st.name.startswith(("code/", "data/")):
+        if st.name.startswith(("code", "data/")):
             assert main(["run", st.name]) == 0, st.name
     return tmp_path
 

@@ -45,7 +45,7 @@ def setup(p: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, up
     monkeypatch.setenv("CMML_WORKER", "0")
     Path("params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     for st in plan(p):
-        if st.name.startswith(("code/", "data/prepare", "data/tasks", *upto)):
+        if st.name.startswith(("code", "data/prepare", "data/tasks", *upto)):
             assert main(["run", st.name]) == 0, st.name
 
 

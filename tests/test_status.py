@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -70,7 +71,13 @@ def test_params_stamp_is_newer_than_the_outputs_exactly_while_the_params_differ(
     assert stamp.stat().st_mtime == 0
     params_stamps([st], {"m": {"lr": 0.2}}, tmp_path)
     assert stamp.stat().st_mtime > 1000  # newer than the sidecar: Snakemake reruns the stage
+    first = stamp.read_text()  # the sidecar's sha256: not the checksum Snakemake recorded at its last run
+    assert first == hashlib.sha256(side.read_bytes()).hexdigest()
     params_stamps([st], {"m": {"lr": 0.1}}, tmp_path)
     assert stamp.stat().st_mtime == 0  # edited back before it reran: nothing to do
+    side.write_text(json.dumps({"params": {"m.lr": 0.1}, "finished_utc": "later"}))  # another run, e.g. by DVC
+    os.utime(side, (2000, 2000))
+    params_stamps([st], {"m": {"lr": 0.2}}, tmp_path)
+    assert stamp.stat().st_mtime > 2000 and stamp.read_text() not in ("", first)
     no_params = Stage(name="params", handler="h", args={}, deps=[], outs=["p"], params=[], sidecar="p.prov.json")
     assert params_stamps([no_params], {}, tmp_path) == {}

@@ -6,8 +6,10 @@ with hundreds of stages reading ``params.yaml`` that is most of a no-op ``dvc st
 :attr:`cmml.pipeline.stage.Stage.params_split`), which this stage writes from params.yaml: the
 dotted keys the stage reads and their values, sorted. A file's bytes change exactly when one of
 its values does, so after a params edit DVC reruns exactly the stages whose values changed, and
-dvc.lock still lists every value (``dvc params diff`` works). Snakemake compares the same values
-through each rule's ``params``; for it this stage is a cheap leaf.
+dvc.lock still lists every value (``dvc params diff`` works). The stage itself depends on the
+params file as a whole (one checksum instead of DVC walking every key of it) and reruns after any
+edit, rewriting identical bytes for the stages the edit does not concern. Snakemake compares the
+same values through each rule's ``params``; for it this stage is a cheap leaf.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from cmml.data.benchmarks.registry import module_of
 from cmml.errors import ConfigError
 from cmml.families.registry import active, family
 from cmml.pipeline.sources import PKG_DIR, SRC, closure, rel_path
-from cmml.pipeline.stage import CODE_STAGE, PARAMS_DIR, PARAMS_STAGE, Stage, dir_sidecar
+from cmml.pipeline.stage import CODE_DIR, CODE_STAGE, PARAMS_DIR, PARAMS_STAGE, Stage, dir_sidecar
 
 INDEX_MD = "results/index.md"
 INDEX_HTML = "results/index.html"
@@ -167,19 +167,27 @@ def plan(params: dict[str, Any], params_file: str = "params.yaml") -> list[Stage
         raise ConfigError(f"{params_file}: two stages share the name(s) {dup}")
     stages.insert(0, params_stage(stages, params_file))
     files = {s.code_file: s.code_entries for s in stages if s.code_file}
-    code = [Stage(name=f"{CODE_STAGE}/{Path(f).stem}", handler="cmml.pipeline.fingerprints",
-                  args={"entries": list(entries), "out": f}, deps=[rel_path(m) for m in closure(entries)], outs=[f],
-                  params=[], sidecar=f"{f.removesuffix('.json')}.prov.json", params_file=params_file)
-            for f, entries in sorted(files.items())]
-    return [*code, *stages]
+    return [code_stage(files, params_file), *stages]
+
+
+def code_stage(files: dict[str, tuple[str, ...]], params_file: str = "params.yaml") -> Stage:
+    """The one stage writing every fingerprint file ``files`` ({path: entry modules}).
+
+    One stage instead of one per file: a source edit reruns it (milliseconds) and rewrites every
+    file, byte-identical where the closure did not change, so both tools rerun only the consumers
+    of the files that changed, and DVC keeps 45 fewer stages to check and lock.
+    """
+    deps = sorted({rel_path(m) for entries in files.values() for m in closure(entries)})
+    return Stage(name=CODE_STAGE, handler="cmml.pipeline.fingerprints",
+                 args={"files": {f: list(e) for f, e in sorted(files.items())}}, deps=deps, outs=sorted(files),
+                 params=[], sidecar=dir_sidecar(CODE_DIR), params_file=params_file)
 
 
 def params_stage(stages: list[Stage], params_file: str = "params.yaml") -> Stage:
     """The stage writing each of ``stages``' params file for DVC (see :mod:`cmml.pipeline.params_split`)."""
     split = {s.params_split: sorted(s.params) for s in stages if s.params_split}
     return Stage(name=PARAMS_STAGE, handler="cmml.pipeline.params_split", args={"files": split, "out": PARAMS_DIR},
-                 deps=[], outs=[PARAMS_DIR], dir_outs=[PARAMS_DIR],
-                 params=sorted({k for keys in split.values() for k in keys}), sidecar=dir_sidecar(PARAMS_DIR),
+                 deps=[params_file], outs=[PARAMS_DIR], dir_outs=[PARAMS_DIR], params=[], sidecar=dir_sidecar(PARAMS_DIR),
                  params_file=params_file)
 
 

@@ -49,7 +49,7 @@ class Stage:
     @property
     def code_file(self) -> str | None:
         """The fingerprint file this stage depends on (None for the code stage itself)."""
-        return None if self.name.startswith(f"{CODE_STAGE}/") else f"{CODE_DIR}/{code_key(self.code_entries)}.json"
+        return None if self.name == CODE_STAGE else f"{CODE_DIR}/{code_key(self.code_entries)}.json"
 
     @property
     def all_deps(self) -> list[str]:

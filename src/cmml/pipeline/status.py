@@ -9,6 +9,7 @@ sidecar records now (the producer ran again) or the producer itself is not done.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 from cmml.config import subset
 from cmml.families.registry import FAMILIES
 from cmml.pipeline.sources import fingerprint_text
-from cmml.pipeline.stage import Stage
+from cmml.pipeline.stage import CODE_STAGE, Stage
 
 
 def _records(stages: list[Stage], root: Path) -> dict[str, dict[str, Any] | None]:
@@ -54,9 +55,10 @@ def states(stages: list[Stage], params: dict[str, Any], root: Path = Path(".")) 
         if _params_changed(rec, s, params):
             result[s.name] = "stale (params)"
             continue
-        if s.name.startswith("code/"):
-            now = (root / s.outs[0]).read_text() if (root / s.outs[0]).is_file() else None
-            result[s.name] = "done" if now == fingerprint_text(tuple(s.args["entries"])) else "stale (code)"
+        if s.name == CODE_STAGE:
+            for f, entries in s.args["files"].items():
+                codes[f] = fingerprint_text(tuple(entries))
+            result[s.name] = "done" if all((root / f).is_file() and (root / f).read_text() == t for f, t in codes.items()) else "stale (code)"
             continue
         if s.code_file:
             if s.code_file not in codes:
@@ -89,6 +91,9 @@ def params_stamps(stages: list[Stage], params: dict[str, Any], root: Path = Path
     Snakemake notices a params edit through the metadata of its own last run of a job; a job last
     run by DVC (or by ``cmml run``) has none, and Snakemake would leave it as it is. The stamp makes
     the edit visible to it whichever tool ran the stage last (called while the Snakefile is parsed).
+    A stale stamp holds the sha256 of the sidecar it was made for: Snakemake ignores a newer input
+    whose checksum equals the one it recorded at the job's last run, and that sidecar is never the
+    one the job's last Snakemake run saw.
     """
     d = root / STAMPS
     d.mkdir(parents=True, exist_ok=True)
@@ -104,8 +109,10 @@ def params_stamps(stages: list[Stage], params: dict[str, Any], root: Path = Path
         if isinstance(rec, dict):
             stale = _params_changed(rec, s, params)
             newer = stamp.stat().st_mtime > side.stat().st_mtime
-            if stale and not newer:
-                stamp.touch()
+            if stale:
+                digest = hashlib.sha256(side.read_bytes()).hexdigest()
+                if not newer or stamp.read_text() != digest:
+                    stamp.write_text(digest)
             elif not stale and newer:  # edited back before the stage reran
                 os.utime(stamp, (0, 0))
         out[s.name] = f"{STAMPS}/{s.rule_name}"
