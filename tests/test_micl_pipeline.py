@@ -1,6 +1,6 @@
 """A tiny two-task run (image captioning then image QA) of every micl method through the stage CLI:
-prepare, pretrain, train step 0, train step 1 from step 0, evaluate, aggregate, report; and a step
-killed mid-way that resumes."""
+prepare, pretrain, the run (step 0, step 1 from step 0, then the evaluation), aggregate, report; and a
+step killed mid-way that resumes."""
 
 from __future__ import annotations
 
@@ -65,22 +65,24 @@ def test_every_method_through_the_stage_cli(project: Path, monkeypatch: pytest.M
         assert all(0 <= v <= 1000 for v in (last["cider_single"][0], last["cider_all"][0], last["vqa_acc"][1]))
         if method != "joint":
             assert scores["rows"]["task0"]["vqa_acc"] == [None, None]  # step 0 sees only task 0
-    log = json.loads(Path("runs/micl/o/moincl/seed0/train.prov.json").read_text())["extra"]["train"]["task1"]
+    side = json.loads(Path("runs/micl/o/moincl/seed0/run.prov.json").read_text())["extra"]
+    assert side["scores"] == json.loads(Path("runs/micl/o/moincl/seed0/eval/scores.json").read_text())
+    log = side["train"]["task1"]
     assert log["ptgm_mode"] == "caption" and log["pseudo_samples"] > 0 and "ikd_kl" in log["loss_per_epoch"]
     metrics = json.loads(Path("results/micl/metrics.json").read_text())
     assert set(metrics) == {f"o/{r}" for r in RUNS}
     assert all(math.isfinite(metrics[f"o/{r}"]["AP"]["mean"]) for r in RUNS)
     assert Path("results/micl/report/index.html").is_file()
-    # resumable: a second run of a done stage rewrites the same checkpoint bytes (seeded)
-    ck = Path("runs/micl/o/lwf/seed0/task1/ckpt.pt")
-    before = ck.read_bytes()
-    assert main(["run", "micl/train/o/lwf/seed0"]) == 0
-    assert ck.read_bytes() == before
+    # resumable: a second run of a done stage rewrites the same checkpoint and score bytes (seeded)
+    ck, sc = Path("runs/micl/o/lwf/seed0/task1/ckpt.pt"), Path("runs/micl/o/lwf/seed0/eval/scores.json")
+    before = ck.read_bytes(), sc.read_bytes()
+    assert main(["run", "micl/run/o/lwf/seed0"]) == 0
+    assert (ck.read_bytes(), sc.read_bytes()) == before
 
 
 def test_snakemake_sees_the_micl_stages_done(project: Path) -> None:
     """The same plan drives Snakemake: after the stage CLI ran every micl stage, a dry run schedules exactly
-    what is downstream of the checkpoints the CLI test rewrote last (lwf's train stage)."""
+    what is downstream of the outputs the CLI test rewrote last (lwf's run stage)."""
     import os
     import shutil
     import subprocess
@@ -100,7 +102,7 @@ def test_snakemake_sees_the_micl_stages_done(project: Path) -> None:
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     scheduled = set(re.findall(r"^rule (\w+):", out.stdout, re.M))
     micl = {r for r in scheduled if r.startswith("micl_")}
-    assert micl == {"micl_evaluate_o_lwf_seed0", "micl_aggregate", "micl_report"}, sorted(micl)
+    assert micl == {"micl_aggregate", "micl_report"}, sorted(micl)
     assert "index" in scheduled  # not run by the test: Snakemake plans the whole DAG, micl included
 
 
@@ -131,7 +133,7 @@ def test_kill_9_mid_step_resumes_to_the_same_checkpoint(project: Path, tmp_path:
     p = yaml.safe_load(Path("params.yaml").read_text())
     p["micl"]["methods"]["moincl"]["epochs"] = 30
     Path("params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
-    name, cks = "micl/train/o/moincl/seed0", [Path(f"runs/micl/o/moincl/seed0/task{t}/ckpt.pt") for t in range(2)]
+    name, cks = "micl/run/o/moincl/seed0", [Path(f"runs/micl/o/moincl/seed0/task{t}/ckpt.pt") for t in range(2)]
     for s in plan(p):
         if s.name.startswith(("code", "micl/prepare", "micl/pretrain/seed0")):
             assert main(["run", s.name]) == 0, s.name

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from cmml.pipeline.atomic import write_json
-from cmml.provenance.sidecar import stage_run
+from cmml.provenance.sidecar import StageRun, stage_run
 from cmml.train.distributed import Dist
 from cmml.train.resume import RESUME_DIR, ResumeFile, digest, stage_key
 
@@ -39,11 +39,13 @@ def _link_or_copy(src: str, dst: str) -> None:
 
 
 def train_chain(stage: Any, params: dict[str, Any], outs: Mapping[int, str], step: Step, *, seed: int, device: str,
-                dist: Dist | None = None, extra: dict[str, Any] | None = None) -> None:
+                dist: Dist | None = None, extra: dict[str, Any] | None = None,
+                finish: Callable[[StageRun], None] | None = None) -> None:
     """Run ``step`` for every task of ``outs`` (task -> declared output directory) in order, then commit.
 
     The sidecar records each task's log under ``extra["train"]["task<t>"]``. With ``dist`` every
-    rank trains each task and rank 0 alone writes.
+    rank trains each task and rank 0 alone writes. ``finish`` runs before the commit, with the
+    checkpoints in place (``sr.tmp(out)``): a stage that also evaluates writes its other outputs there.
     """
     key = stage_key(stage, params)
     root = RESUME_DIR / f"{digest(key)}.chain"
@@ -77,6 +79,8 @@ def train_chain(stage: Any, params: dict[str, Any], outs: Mapping[int, str], ste
         with stage_run(stage, params, seed=seed, device=device, extra={"train": logs, **(extra or {})}) as sr:
             for t, out in outs.items():
                 shutil.copytree(root / f"task{t}", sr.tmp(out), dirs_exist_ok=True, copy_function=_link_or_copy)
+            if finish is not None:
+                finish(sr)
         shutil.rmtree(root)
     if dist is not None:
         dist.barrier()

@@ -1,6 +1,6 @@
 """Stage handler ``micl/aggregate``: each run's task matrix -> average performance and forgetting, over seeds.
 
-Reads every run's ``scores.json`` (the evaluate stage's contract) and writes
+Reads every run's ``scores.json`` (written by each run stage, :mod:`.evaluate`) and writes
 ``results/micl/metrics.json`` (per ``<order>/<run>``: mean and sample std over seeds of AP,
 forgetting, last and of each task's final score), ``summary.csv`` (one row per run) and one matrix
 CSV per run (primary metric: CIDEr ×100 with one reference for captioning, VQA accuracy for QA).
@@ -26,7 +26,7 @@ KEYS = ("AP", "forgetting", "last")
 def load_matrix(path: Path) -> tuple[list[str], np.ndarray]:
     """Task names and the T×T primary-metric matrix (NaN where not evaluated) of a run's scores.json."""
     if not path.is_file():
-        raise DataError(f"{path}: missing; run the micl evaluate stage first")
+        raise DataError(f"{path}: missing; run the micl run stage first")
     try:
         doc = json.loads(path.read_text())
         tasks, rows = doc["tasks"], doc["rows"]

@@ -1,4 +1,4 @@
-"""Stage handler ``micl/evaluate/<order>/<run>/seed<k>``: after each step, every task seen so far.
+"""Evaluation of a micl run, inside its run stage (:mod:`cmml.families.micl.train`): after each step, every task seen so far.
 
 Generation by beam search (``micl.generation``). Captioning: CIDEr ×100 against one reference (the
 first paraphrase, the same at every evaluation) and against all three. QA: VQA accuracy ×100 with
@@ -16,11 +16,10 @@ import torch
 
 from cmml.families.micl.examples import prompt_example
 from cmml.families.micl.metrics import cider, vqa_accuracy
-from cmml.families.micl.model import MiclModel, build_model
-from cmml.families.micl.train import load_checkpoint, load_samples
+from cmml.families.micl.model import MiclModel, build_model, load_checkpoint, load_samples
 from cmml.pipeline.atomic import write_json
-from cmml.provenance.sidecar import stage_run
-from cmml.train.device import seed_everything, select_device
+from cmml.provenance.sidecar import StageRun
+from cmml.train.device import seed_everything
 
 SCORES = "scores.json"
 METRICS = ("primary", "cider_single", "cider_all", "vqa_acc", "vqa_acc_released")
@@ -48,30 +47,32 @@ def score_task(samples: list[dict[str, Any]], preds: list[str]) -> dict[str, flo
             "vqa_acc_released": round(rel, 4)}
 
 
-def run(stage: Any, params: dict[str, Any]) -> None:
-    """Score each checkpoint of the run on every task it has seen."""
-    a, cfg = stage.args, params["micl"]
-    device = select_device(params["runtime"])
+def evaluate(a: dict[str, Any], cfg: dict[str, Any], device: torch.device, ckpts: dict[int, Path],
+             sr: StageRun) -> None:
+    """Score each checkpoint ``ckpts[row]`` of the run on every task it has seen; write the scores into ``sr``.
+
+    ``a`` holds the run stage's args (seed, tasks, data, pretrained backbone, eval directory ``eval``).
+    """
     seed_everything(int(a["seed"]))
     tasks = list(a["tasks"])
     rows: dict[str, dict[str, list[float | None]]] = {}
     predictions: dict[str, dict[str, list[str]]] = {}
     test = None
-    for row in a["rows"]:
+    for row, ckpt in ckpts.items():
         model = build_model(Path(a["pretrained"]), cfg["lora"])
-        load_checkpoint(Path(a["ckpts"][str(row)]), model)
-        model.to(device.device).eval()
+        load_checkpoint(ckpt, model)
+        model.to(device).eval()
         if test is None:
             test = load_samples(Path(a["data"]), model, tasks, "test")
         per: dict[str, list[float | None]] = {m: [None] * len(tasks) for m in METRICS}
         for j, t in enumerate(tasks[: row + 1]):
-            preds = predict(model, test[t], cfg["generation"], device.device)
+            preds = predict(model, test[t], cfg["generation"], device)
             predictions.setdefault(f"task{row}", {})[t] = preds
             for m, v in score_task(test[t], preds).items():
                 per[m][j] = v
         rows[f"task{row}"] = per
     result = {"tasks": tasks, "primary": ["cider_single" if t.endswith("_cap") else "vqa_acc" for t in tasks], "rows": rows}
-    with stage_run(stage, params, seed=int(a["seed"]), device=device.describe(), extra={"scores": result}) as sr:
-        out = sr.tmp(a["out"])
-        write_json(out / SCORES, result)
-        write_json(out / "predictions.json", predictions)
+    sr.extra["scores"] = result
+    out = sr.tmp(a["eval"])
+    write_json(out / SCORES, result)
+    write_json(out / "predictions.json", predictions)

@@ -10,6 +10,7 @@ and the LoRA weights train.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from cmml.errors import DataError
-from cmml.families.micl.data import ATTRIBUTE_HEADS, FRAMES, MODALITIES, cue
+from cmml.families.micl.data import ATTRIBUTE_HEADS, FRAMES, MODALITIES, cue, encoder_input
 
 POOLED = {"image": False, "video": True, "audio": True}
 LORA_TARGETS = {"gpt2": ["c_attn"], "llama": ["q_proj", "v_proj"]}  # by config.model_type; else q_proj/v_proj
@@ -329,3 +330,37 @@ def build_tokenizer(words: list[str]) -> Any:
     t.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     return PreTrainedTokenizerFast(tokenizer_object=t, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>",
                                    bos_token="<eos>")
+
+
+CKPT = "ckpt.pt"  # a run step's checkpoint file: trainable tensors and the method's state
+
+
+def load_samples(data: Path, model: MiclModel, tasks: list[str], split: str) -> dict[str, list[dict[str, Any]]]:
+    """Task -> samples of ``split``, each with its frozen encoder features ``grid``."""
+    for f in (data / "samples.json", data / "inputs.pt"):
+        if not f.is_file():
+            raise DataError(f"{f}: missing; run the micl prepare stage first")
+    meta = json.loads((data / "samples.json").read_text())
+    inputs = torch.load(data / "inputs.pt", weights_only=True)
+    out = {}
+    with torch.no_grad():
+        for t in tasks:
+            samples, x = meta[t][split], inputs[t][split]
+            if len(samples) != len(x):
+                raise DataError(f"{data}: task {t} split {split}: {len(samples)} samples but {len(x)} inputs")
+            if samples:
+                grids = model.encoders.grid(samples[0]["modality"], encoder_input(samples[0]["modality"], x))
+                for s, g in zip(samples, grids):
+                    s["grid"] = g
+            out[t] = samples
+    return out
+
+
+def load_checkpoint(path: Path, model: MiclModel) -> dict[str, Any]:
+    """Restore a train stage's checkpoint into ``model``; the method state it holds."""
+    f = path / CKPT
+    if not f.is_file():
+        raise DataError(f"{f}: missing; run the previous train stage first")
+    blob = torch.load(f, map_location="cpu", weights_only=True)
+    model.load_trainable_state(blob["trainable"], str(f))
+    return blob["extra"]

@@ -6,9 +6,8 @@ list), ``methods`` (run name -> {method, hyper-parameters}; ``base:`` inherits) 
 ``lambda_kl``) is a number, a list with one value per step, or a mapping order -> list.
 
 Stages: ``micl/prepare`` (data), ``micl/pretrain/seed<k>`` (encoders + LM), per run
-``micl/train/<order>/<run>/seed<k>`` (its steps in sequence, step t from t-1's checkpoint ``task<t>``;
-joint: one step) and
-``micl/evaluate/<order>/<run>/seed<k>``, then ``micl/aggregate`` and ``micl/report``.
+``micl/run/<order>/<run>/seed<k>`` (its steps in sequence, step t from t-1's checkpoint ``task<t>``,
+joint: one step; then every checkpoint scored into ``eval``), then ``micl/aggregate`` and ``micl/report``.
 Artefacts under ``runs/micl/``, results under ``results/micl/``.
 """
 
@@ -230,20 +229,15 @@ def plan(params: dict[str, Any], data: Any, params_file: str) -> list[Stage]:
                   "pretrained": pre}
         steps = [len(tasks) - 1] if name in JOINT else list(range(len(tasks)))
         ckpts = {t: f"{run_dir(r)}/task{t}" for t in steps}
-        stages.append(stage(
-            name=f"{SECTION}/train/{r.key}", handler="cmml.families.micl.train",
-            entries=(f"cmml.families.micl.methods.{name}",),
-            args={**common, "outs": {str(t): c for t, c in ckpts.items()},
-                  "hparams": {str(t): resolve(params, r.method, r.order, t) for t in steps}},
-            deps=[DATA, pre], outs=list(ckpts.values()), dir_outs=list(ckpts.values()),
-            params=[*mkeys, f"{SECTION}.orders.{r.order}", f"{SECTION}.generation", *model_keys],
-            sidecar=f"{run_dir(r)}/train.prov.json", gpu=True))
         out = f"{run_dir(r)}/eval"
         stages.append(stage(
-            name=f"{SECTION}/evaluate/{r.key}", handler="cmml.families.micl.evaluate",
-            args={**common, "rows": steps, "ckpts": {str(t): c for t, c in ckpts.items()}, "out": out},
-            deps=[DATA, pre, *ckpts.values()], outs=[out], dir_outs=[out],
-            params=[f"{SECTION}.orders.{r.order}", f"{SECTION}.generation", *model_keys], sidecar=dir_sidecar(out), gpu=True))
+            name=f"{SECTION}/run/{r.key}", handler="cmml.families.micl.train",
+            entries=(f"cmml.families.micl.methods.{name}",),
+            args={**common, "outs": {str(t): c for t, c in ckpts.items()}, "eval": out,
+                  "hparams": {str(t): resolve(params, r.method, r.order, t) for t in steps}},
+            deps=[DATA, pre], outs=[*ckpts.values(), out], dir_outs=[*ckpts.values(), out],
+            params=[*mkeys, f"{SECTION}.orders.{r.order}", f"{SECTION}.generation", *model_keys],
+            sidecar=f"{run_dir(r)}/run.prov.json", gpu=True))
         evals.append({"method": r.method, "order": r.order, "seed": r.seed, "eval": out})
     agg_outs = [METRICS_JSON, SUMMARY_CSV, MATRICES]
     stages.append(stage(

@@ -1,12 +1,17 @@
-"""Stage handler ``micl/train/<order>/<run>/seed<k>``: the steps of one run in sequence, step t from t-1's checkpoint.
+"""Stage handler ``micl/run/<order>/<run>/seed<k>``: the steps of one run in sequence, then their evaluation.
 
-The checkpoint (``ckpt.pt``) holds the trainable tensors (adapters, LoRA, merged LoRA deltas) and
-the method's state, one directory per step (:mod:`cmml.train.chain`); joint training has one step
-that sees every task of the order. AdamW with a
-linear warm-up then cosine decay, a fixed number of epochs (no early stopping: there is no val split
-at this scale), the last partial batch of each epoch kept. The state after every epoch is kept
+Step t starts from step t-1's checkpoint. The checkpoint (``ckpt.pt``) holds the trainable tensors
+(adapters, LoRA, merged LoRA deltas) and the method's state, one directory per step
+(:mod:`cmml.train.chain`); joint training has one step that sees every task of the order. AdamW with
+a linear warm-up then cosine decay, a fixed number of epochs (no early stopping: there is no val
+split at this scale), the last partial batch of each epoch kept. The state after every epoch is kept
 under ``.cmml/resume/`` (:mod:`cmml.train.resume`): a killed stage keeps its finished steps, resumes
 the unfinished one after its last finished epoch and writes the checkpoints an uninterrupted run writes.
+
+Evaluation (:mod:`cmml.families.micl.evaluate`) runs in the same stage, before the outputs are
+committed: it reads exactly the params training reads (the generation settings drive MoInCL's
+pseudo targets during training too) and costs about a second, so a stage of its own would only add
+the workflow tools' per-stage cost.
 """
 
 from __future__ import annotations
@@ -20,50 +25,15 @@ from typing import Any
 
 import torch
 
-from cmml.errors import DataError
-from cmml.families.micl.data import encoder_input
+from cmml.families.micl.evaluate import evaluate
 from cmml.families.micl.examples import to_example
 from cmml.families.micl.methods.base import MethodContext
 from cmml.families.micl.methods.registry import method_class
-from cmml.families.micl.model import MiclModel, build_model
+from cmml.families.micl.model import CKPT, MiclModel, build_model, load_checkpoint, load_samples
 from cmml.pipeline.atomic import write_json
 from cmml.train.chain import train_chain
 from cmml.train.device import seed_everything, select_device
 from cmml.train.resume import ResumeFile
-
-CKPT = "ckpt.pt"
-
-
-def load_samples(data: Path, model: MiclModel, tasks: list[str], split: str) -> dict[str, list[dict[str, Any]]]:
-    """Task -> samples of ``split``, each with its frozen encoder features ``grid``."""
-    for f in (data / "samples.json", data / "inputs.pt"):
-        if not f.is_file():
-            raise DataError(f"{f}: missing; run the micl prepare stage first")
-    meta = json.loads((data / "samples.json").read_text())
-    inputs = torch.load(data / "inputs.pt", weights_only=True)
-    out = {}
-    with torch.no_grad():
-        for t in tasks:
-            samples, x = meta[t][split], inputs[t][split]
-            if len(samples) != len(x):
-                raise DataError(f"{data}: task {t} split {split}: {len(samples)} samples but {len(x)} inputs")
-            if samples:
-                grids = model.encoders.grid(samples[0]["modality"], encoder_input(samples[0]["modality"], x))
-                for s, g in zip(samples, grids):
-                    s["grid"] = g
-            out[t] = samples
-    return out
-
-
-def load_checkpoint(path: Path, model: MiclModel) -> dict[str, Any]:
-    """Restore a train stage's checkpoint into ``model``; the method state it holds."""
-    f = path / CKPT
-    if not f.is_file():
-        raise DataError(f"{f}: missing; run the previous train stage first")
-    blob = torch.load(f, map_location="cpu", weights_only=True)
-    model.load_trainable_state(blob["trainable"], str(f))
-    return blob["extra"]
-
 
 def frozen(model: MiclModel) -> MiclModel:
     """A frozen, eval-mode copy of ``model``."""
@@ -71,7 +41,7 @@ def frozen(model: MiclModel) -> MiclModel:
 
 
 def run(stage: Any, params: dict[str, Any]) -> None:
-    """Train every step of one run in sequence and write their checkpoints."""
+    """Train every step of one run in sequence, write their checkpoints, then score each on the tasks it has seen."""
     a, cfg = stage.args, params["micl"]
     seed = int(a["seed"])
     device = select_device(params["runtime"])
@@ -144,4 +114,6 @@ def run(stage: Any, params: dict[str, Any]) -> None:
         write_json(out / "train_log.json", info)
         return info
 
-    train_chain(stage, params, {int(t): o for t, o in a["outs"].items()}, step, seed=seed, device=device.describe())
+    outs = {int(t): o for t, o in a["outs"].items()}
+    train_chain(stage, params, outs, step, seed=seed, device=device.describe(),
+                finish=lambda sr: evaluate(a, cfg, device.device, {t: sr.tmp(o) for t, o in outs.items()}, sr))
