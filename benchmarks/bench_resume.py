@@ -61,7 +61,7 @@ def main() -> int:
         from cmml.pipeline.plan import plan
 
         for st in plan(p):
-            if st.name.startswith(("code/", "data/", "params")):
+            if st.name.startswith(("code", "data/", "params")):
                 subprocess.run([sys.executable, "-m", "cmml", "run", st.name], env=env, check=True, capture_output=True)
         ckpts = [RUN / f"task{t}/ckpt/checkpoint.pt" for t in range(args.tasks)]
         full = timed(env)
