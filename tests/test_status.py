@@ -53,7 +53,7 @@ def test_status_groups_every_family_of_the_default_params(tmp_path: Path, monkey
     (tmp_path / "params.yaml").write_text((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
     assert main(["status"]) == 0
     groups = {line.split()[0] for line in capsys.readouterr().out.splitlines() if not line.startswith(" ")}
-    assert {"cmml/main", "cmml/zoo", "robust", "micl/order1", "micl/order2", "index"} <= groups
+    assert {"cmml/main", "cmml/zoo", "robust", "micl/main", "micl/ablations", "index"} <= groups
 
 
 def test_params_stamp_is_newer_than_the_outputs_exactly_while_the_params_differ(tmp_path: Path) -> None:

@@ -18,7 +18,8 @@ from typing import Any
 from cmml.config import subset
 from cmml.families.registry import FAMILIES
 from cmml.pipeline.sources import fingerprint_text
-from cmml.pipeline.stage import CODE_STAGE, Stage
+from cmml.pipeline.params_split import text as params_text
+from cmml.pipeline.stage import CODE_STAGE, PARAMS_STAGE, Stage
 
 
 def _records(stages: list[Stage], root: Path) -> dict[str, dict[str, Any] | None]:
@@ -54,6 +55,11 @@ def states(stages: list[Stage], params: dict[str, Any], root: Path = Path(".")) 
             continue
         if _params_changed(rec, s, params):
             result[s.name] = "stale (params)"
+            continue
+        if s.name == PARAMS_STAGE:  # reads params.yaml as a whole: stale when a file it writes would change
+            files = [(root / s.args["out"] / f.rsplit("/", 1)[-1], keys) for f, keys in s.args["files"].items()]
+            same = all(f.is_file() and f.read_text() == params_text(params, keys) for f, keys in files)
+            result[s.name] = "done" if same else "stale (params)"
             continue
         if s.name == CODE_STAGE:
             for f, entries in s.args["files"].items():
@@ -141,11 +147,11 @@ def report(stages: list[Stage], params: dict[str, Any]) -> list[str]:
         if len(parts) >= 5:
             seed = int(parts[4].removeprefix("seed"))
             for exp, body in experiments.get(s.family, {}).items():
-                if (parts[3] in body.get("methods", ()) and parts[2] in body.get("settings", ())
+                if (parts[3] in body.get("methods", ()) and parts[2] in body.get("settings", body.get("orders", ()))
                         and seed in body.get("seeds", ())):
                     add(f"{s.family}/{exp}", st[s.name], s.name)
                     hit = True
-        if not hit:  # a family without experiments groups by its third name part (e.g. micl's task order)
+        if not hit:  # a stage no experiment lists groups by its third name part
             add(f"{s.family}/{parts[2]}" if len(parts) >= 5 else s.family, st[s.name], s.name)
     lines = []
     for group, counts in groups.items():
