@@ -227,3 +227,24 @@ def test_module_analyses_are_cached_by_file_content(tmp_path: Path, monkeypatch:
         assert sources._analysis("cmml.config")[0] == fresh["cmml.config"][0]
     finally:
         sources.clear_caches()
+
+
+def test_dvc_yaml_check_is_remembered_until_an_input_changes(tmp_path: Path, monkeypatch) -> None:
+    """The stage CLI checks the dvc.yaml files under DVC; a passed check is skipped until params change."""
+    from cmml.errors import ConfigError
+    from cmml.pipeline.dvcgen import CHECKED, check_current
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(ROOT / "params.yaml", "params.yaml")
+    for path, text in expected("params.yaml").items():
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text)
+    check_current("params.yaml")
+    digest = Path(CHECKED).read_text()
+    check_current("params.yaml")  # remembered: same inputs
+    assert Path(CHECKED).read_text() == digest
+    p = yaml.safe_load(Path("params.yaml").read_text())
+    p["cmml"]["experiments"]["main"]["seeds"] = [0, 1]  # the DAG's shape changes
+    Path("params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    with pytest.raises(ConfigError, match="out of date with params.yaml"):
+        check_current("params.yaml")
