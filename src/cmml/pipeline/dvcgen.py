@@ -23,6 +23,7 @@ number of tasks) stops ``dvc repro`` at once with the command that regenerates t
 from __future__ import annotations
 
 import hashlib
+import json
 import posixpath
 import re
 import sys
@@ -123,15 +124,13 @@ CHECKED = ".cmml/dvc-yaml-checked"  # the digest of the inputs of the last check
 
 
 def _check_digest(params_file: str, root: Path) -> str:
-    """sha256 of what the check depends on: the params file, every dvc.yaml, the package's sources (by stat)."""
-    from cmml.pipeline.sources import PKG_DIR
+    """sha256 of what the check depends on: the params file, every dvc.yaml, the package's sources (by mtime)."""
+    from cmml.pipeline.worker import sources_state
 
     h = hashlib.sha256((root / params_file).read_bytes())
     for path in present(root):
         h.update(path.encode() + b"\0" + (root / path).read_bytes())
-    for src in sorted(PKG_DIR.rglob("*.py")):
-        st = src.stat()
-        h.update(f"{src}:{st.st_mtime_ns}:{st.st_size}".encode())
+    h.update(json.dumps(sources_state(), sort_keys=True).encode())
     return h.hexdigest()
 
 

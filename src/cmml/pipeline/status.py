@@ -57,8 +57,8 @@ def states(stages: list[Stage], params: dict[str, Any], root: Path = Path(".")) 
             result[s.name] = "stale (params)"
             continue
         if s.name == PARAMS_STAGE:  # reads params.yaml as a whole: stale when a file it writes would change
-            files = [(root / s.args["out"] / f.rsplit("/", 1)[-1], keys) for f, keys in s.args["files"].items()]
-            same = all(f.is_file() and f.read_text() == params_text(params, keys) for f, keys in files)
+            same = all((root / f).is_file() and (root / f).read_text() == params_text(params, keys)
+                       for f, keys in s.args["files"].items())
             result[s.name] = "done" if same else "stale (params)"
             continue
         if s.name == CODE_STAGE:
@@ -119,7 +119,7 @@ def params_stamps(stages: list[Stage], params: dict[str, Any], root: Path = Path
                 digest = hashlib.sha256(side.read_bytes()).hexdigest()
                 if not newer or stamp.read_text() != digest:
                     stamp.write_text(digest)
-            elif not stale and newer:  # edited back before the stage reran
+            elif newer:  # edited back before the stage reran
                 os.utime(stamp, (0, 0))
         out[s.name] = f"{STAMPS}/{s.rule_name}"
     return out

@@ -52,7 +52,8 @@ def _identity() -> dict[str, str]:
     return {"python": sys.executable, "package": str(_package_dir())}
 
 
-def _sources_state() -> dict[str, int]:
+def sources_state() -> dict[str, int]:
+    """Modification time (ns) of every source file of the imported cmml package."""
     return {str(p): p.stat().st_mtime_ns for p in sorted(_package_dir().rglob("*.py"))}
 
 
@@ -125,7 +126,7 @@ def serve(path: Path, entry: Callable[[list[str]], int], preload: Callable[[], N
     except OSError:
         return 0  # another worker serves this project
     preload()
-    state, ident = _sources_state(), _identity()
+    state, ident = sources_state(), _identity()
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -141,12 +142,12 @@ def serve(path: Path, entry: Callable[[list[str]], int], preload: Callable[[], N
                 return 0
             msg, fds, _, _ = socket.recv_fds(conn, 1 << 20, 3)
             request = json.loads(msg.decode())
-            if _sources_state() != state or {k: request.get(k) for k in ident} != ident or len(fds) != 3:
+            if sources_state() != state or {k: request.get(k) for k in ident} != ident or len(fds) != 3:
                 conn.sendall(b'{"refused": "stale"}\n')
                 conn.close()
                 for fd in fds:
                     os.close(fd)
-                if _sources_state() != state:
+                if sources_state() != state:
                     return 0
                 continue
             if os.fork() == 0:
