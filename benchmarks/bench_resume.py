@@ -63,7 +63,7 @@ def main() -> int:
         for st in plan(p):
             if st.name.startswith(("code", "data/", "params")):
                 subprocess.run([sys.executable, "-m", "cmml", "run", st.name], env=env, check=True, capture_output=True)
-        ckpts = [RUN / f"task{t}/ckpt/checkpoint.pt" for t in range(args.tasks)]
+        ckpts = [RUN / f"ckpt/task{t}/checkpoint.pt" for t in range(args.tasks)]
         full = timed(env)
         reference = [torch.load(c, weights_only=True)["state"] for c in ckpts]
         for c in ckpts:

@@ -20,7 +20,7 @@ from cmml.errors import ConfigError
 from cmml.pipeline.plan import find, load, plan
 
 STAGE = "cmml/train/both70/finetune_full/seed0"
-OUT = Path("runs/cmml/embedded/both70/finetune_full/seed0/task1/ckpt")
+OUT = Path("runs/cmml/embedded/both70/finetune_full/seed0/ckpt/task1")
 SIDECAR = Path("runs/cmml/embedded/both70/finetune_full/seed0/train.prov.json")
 
 

@@ -74,7 +74,7 @@ def test_every_method_through_the_stage_cli(project: Path, monkeypatch: pytest.M
     assert all(math.isfinite(metrics[f"o/{r}"]["AP"]["mean"]) for r in RUNS)
     assert Path("results/micl/report/index.html").is_file()
     # resumable: a second run of a done stage rewrites the same checkpoint and score bytes (seeded)
-    ck, sc = Path("runs/micl/o/lwf/seed0/task1/ckpt.pt"), Path("runs/micl/o/lwf/seed0/eval/scores.json")
+    ck, sc = Path("runs/micl/o/lwf/seed0/ckpt/task1/ckpt.pt"), Path("runs/micl/o/lwf/seed0/eval/scores.json")
     before = ck.read_bytes(), sc.read_bytes()
     assert main(["run", "micl/run/o/lwf/seed0"]) == 0
     assert (ck.read_bytes(), sc.read_bytes()) == before
@@ -133,7 +133,7 @@ def test_kill_9_mid_step_resumes_to_the_same_checkpoint(project: Path, tmp_path:
     p = yaml.safe_load(Path("params.yaml").read_text())
     p["micl"]["methods"]["moincl"]["epochs"] = 30
     Path("params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
-    name, cks = "micl/run/o/moincl/seed0", [Path(f"runs/micl/o/moincl/seed0/task{t}/ckpt.pt") for t in range(2)]
+    name, cks = "micl/run/o/moincl/seed0", [Path(f"runs/micl/o/moincl/seed0/ckpt/task{t}/ckpt.pt") for t in range(2)]
     for s in plan(p):
         if s.name.startswith(("code", "micl/prepare", "micl/pretrain/seed0")):
             assert main(["run", s.name]) == 0, s.name

@@ -95,14 +95,15 @@ def test_task_chain_per_seed_backbone_and_param_keys(stages) -> None:
     t1 = by["cmml/train/both70/finetune_head/seed1"]
     params = load(ROOT / "params.yaml")
     T = params["tasks"]["num_tasks"]
-    assert t1.outs == t1.dir_outs == [f"runs/cmml/embedded/both70/finetune_head/seed1/task{t}/ckpt" for t in range(T)]
+    assert t1.outs == t1.dir_outs == ["runs/cmml/embedded/both70/finetune_head/seed1/ckpt"] and t1.args["task_ids"] == list(range(T))
     assert t1.sidecar == "runs/cmml/embedded/both70/finetune_head/seed1/train.prov.json"
     assert "runs/data/embedded/backbone/seed1" in t1.deps and "runs/data/embedded/missing/both70/seed1" in t1.deps
     assert "cmml.methods.finetune_head" in t1.params and not any("finetune_full" in p for p in t1.params)
     assert t1.code_file == "runs/code/families-cmml-train+methods-finetune.json"
-    assert by["cmml/train/both70/joint/seed0"].outs == [f"runs/cmml/embedded/both70/joint/seed0/task{T - 1}/ckpt"]
+    assert by["cmml/train/both70/joint/seed0"].args["task_ids"] == [T - 1]
     ev = by["cmml/evaluate/both70/rebq/seed2"]
-    assert ev.args["rows"] == [-1, *range(T)] and all(f"task{t}/ckpt" in d for t, d in zip(range(T), ev.deps[-T:]))
+    assert ev.args["rows"] == [-1, *range(T)] and ev.deps[-1] == "runs/cmml/embedded/both70/rebq/seed2/ckpt"
+    assert ev.args["ckpts"] == {str(t): f"runs/cmml/embedded/both70/rebq/seed2/ckpt/task{t}" for t in range(T)}
     assert sorted(n for n in by if n.startswith("data/pretrain/")) == [f"data/pretrain/seed{k}" for k in (0, 1, 2)]
     doc = yaml.safe_load((ROOT / "pipelines/cmml/dvc.yaml").read_text())
     assert doc["stages"]["cmml-aggregate"]["metrics"] == ["results/cmml/metrics.json"]

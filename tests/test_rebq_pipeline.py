@@ -92,7 +92,7 @@ def test_benchmark_needs_both_modalities(project: Path) -> None:
 
 
 def load_ckpt(project: Path, run: str, task: int) -> dict:
-    return torch.load(project / f"{BENCH}/both70/{run}/seed0/task{task}/ckpt/checkpoint.pt", map_location="cpu",
+    return torch.load(project / f"{BENCH}/both70/{run}/seed0/ckpt/task{task}/checkpoint.pt", map_location="cpu",
                       weights_only=True)
 
 
@@ -108,10 +108,10 @@ def test_two_task_chain_through_stage_cli(project: Path, run: str) -> None:
     cli(project, "run", f"cmml/evaluate/both70/{run}/seed0")
     base = project / f"{BENCH}/both70/{run}/seed0"
     train = sidecar(base / "train", f"cmml/train/both70/{run}/seed0")
-    assert {f"{BENCH}/both70/{run}/seed0/task{t}/ckpt/checkpoint.pt" for t in (0, 1)} <= set(train["outputs"])
+    assert {f"{BENCH}/both70/{run}/seed0/ckpt/task{t}/checkpoint.pt" for t in (0, 1)} <= set(train["outputs"])
     assert set(train["extra"]["train"]) == {"task0", "task1"}
     sidecar(base / "eval", f"cmml/evaluate/both70/{run}/seed0")
-    log1 = json.loads((base / "task1/ckpt/train_log.json").read_text())
+    log1 = json.loads((base / "ckpt/task1/train_log.json").read_text())
     assert log1["task"] == 1 and log1["tasks_in_data"] == [1]
 
     ck0, ck1 = load_ckpt(project, run, 0), load_ckpt(project, run, 1)

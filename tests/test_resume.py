@@ -20,7 +20,7 @@ from cmml.pipeline.plan import plan
 
 STAGE = "cmml/train/both70/finetune_full/seed0"
 RUN = Path("runs/cmml/embedded/both70/finetune_full/seed0")
-CKPTS = [RUN / f"task{t}/ckpt/checkpoint.pt" for t in range(2)]
+CKPTS = [RUN / f"ckpt/task{t}/checkpoint.pt" for t in range(2)]
 
 
 @pytest.fixture

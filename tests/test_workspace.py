@@ -69,8 +69,8 @@ def wait_for_train(root: Path, first: subprocess.Popen) -> None:
     raise AssertionError(f"the first run never reached its train stage (exit {first.poll()})")
 
 
-# The first run goes up to the train stage (whose epochs the second run interrupts); task 0's checkpoint is one of its outputs.
-CKPT = "runs/cmml/embedded/both70/finetune_full/seed0/task0/ckpt"
+# The first run goes up to the train stage (whose epochs the second run interrupts); its output is the run's checkpoint directory.
+CKPT = "runs/cmml/embedded/both70/finetune_full/seed0/ckpt"
 DVC_STAGE = "pipelines/cmml/both70/finetune_full/seed0/dvc.yaml:cmml-train-both70-finetune_full-seed0"
 
 
@@ -93,5 +93,5 @@ def test_second_run_refuses_and_the_first_completes(project: Path, first_cmd: li
     finally:
         if first.poll() is None:
             first.kill()
-    audit = subprocess.run(["cmml", "audit", f"{CKPT}/checkpoint.pt"], cwd=project, env=env(project), capture_output=True, text=True)
+    audit = subprocess.run(["cmml", "audit", f"{CKPT}/task0/checkpoint.pt"], cwd=project, env=env(project), capture_output=True, text=True)
     assert audit.returncode == 0, audit.stdout[-2000:] + audit.stderr

@@ -89,10 +89,8 @@ def render(stages: list[Stage]) -> dict[str, str]:
         entry: dict[str, Any] = {}
         if path != ROOT_FILE:
             entry["wdir"] = posixpath.relpath(".", posixpath.dirname(path))
-        entry.update(cmd=st.shell, deps=list(st.all_deps))
-        if st.params_split:
-            entry["params"] = [{st.params_split: None}]  # every value of the stage's own small file
-        elif st.params:
+        entry.update(cmd=st.shell, deps=[*st.all_deps, *([st.params_split] if st.params_split else [])])
+        if st.params and not st.params_split:
             entry["params"] = list(st.params)
         outs = [o for o in [*st.outs, *([] if st.sidecar in st.outs else [st.sidecar])] if o not in st.metrics]
         if outs:

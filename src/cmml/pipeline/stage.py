@@ -58,7 +58,7 @@ class Stage:
 
     @property
     def params_split(self) -> str | None:
-        """The small JSON file DVC reads this stage's params values from (written by the ``params`` stage).
+        """The small JSON file of this stage's params values that its DVC stage depends on (written by the ``params`` stage).
 
         DVC parses a stage's params file once per stage and walks it once per key, so with hundreds
         of stages reading params.yaml itself dominates ``dvc status``; None for stages reading no
@@ -86,6 +86,11 @@ class Stage:
     def dvc_name(self) -> str:
         """DVC-legal stage name (letters, digits, '_' and '-')."""
         return re.sub(r"[^0-9A-Za-z_-]", "-", self.name.replace("/", "-"))
+
+
+def task_ckpt(out: str, task: int) -> str:
+    """Task ``task``'s checkpoint directory inside a run's checkpoint output ``out`` (see :mod:`cmml.train.chain`)."""
+    return f"{out}/task{task}"
 
 
 def dir_sidecar(out: str) -> str:

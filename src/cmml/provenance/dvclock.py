@@ -6,7 +6,8 @@ generated dvc.yaml (see :mod:`cmml.pipeline.dvcgen`). Every sidecar already hold
 DVC records: the md5 and size of each input and output file (directories as their files), the
 params values and the command. This module writes, per stage of the plan whose sidecar exists,
 the dvc.lock entry DVC 3 itself writes (deps and outs sorted by path, ``<md5>.dir`` for
-directories with size and nfiles, params by file) and links or copies each output file into the
+directories with size and nfiles, each stage's params file of :mod:`cmml.pipeline.params_split`
+as a dependency) and links or copies each output file into the
 local DVC cache (``.dvc/cache/files/md5/xx/yyy``, plus the ``.dir`` manifest object), so that
 ``dvc status`` agrees nothing is stale and ``dvc push`` can upload the run. The Snakefile calls it
 when a run succeeds. Stages without a sidecar are left out (DVC then runs them).
@@ -23,6 +24,7 @@ from typing import Any
 
 from cmml.errors import DataError
 from cmml.pipeline.atomic import write_text
+from cmml.pipeline.params_split import render as params_render
 from cmml.pipeline.stage import Stage
 from cmml.provenance.hashing import hash_file
 
@@ -79,7 +81,12 @@ def _store(cache: Path, src: Path, digest: str) -> None:
 
 def stage_lock(stage: Stage, rec: dict[str, Any], root: Path, cache: Path | None) -> dict[str, Any]:
     """One stage's dvc.lock entry from its sidecar ``rec`` (outputs cached when ``cache`` is given)."""
-    deps = [entry(d, rec["inputs"])[0] for d in sorted(stage.all_deps)]
+    values = {k: rec["params"][k] for k in sorted(stage.params)}
+    deps = [entry(d, rec["inputs"])[0] for d in stage.all_deps]
+    if stage.params_split:  # the stage's params file, as the params stage writes it from these values
+        text = params_render(values).encode()
+        deps.append({"path": stage.params_split, "hash": "md5", "md5": md5(text).hexdigest(), "size": len(text)})
+    deps.sort(key=lambda d: d["path"])
     outs = []
     sidecar = root / stage.sidecar
     side = hash_file(sidecar)
@@ -98,9 +105,8 @@ def stage_lock(stage: Stage, rec: dict[str, Any], root: Path, cache: Path | None
     body: dict[str, Any] = {"cmd": stage.shell}
     if deps:
         body["deps"] = deps
-    if stage.params:
-        values = {k: rec["params"][k] for k in sorted(stage.params)}
-        body["params"] = {stage.params_split or stage.params_file: values}
+    if stage.params and not stage.params_split:
+        body["params"] = {stage.params_file: values}
     body["outs"] = outs
     return body
 

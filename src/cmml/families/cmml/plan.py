@@ -1,7 +1,7 @@
 """The cmml family's stages: per run a chain of train stages, one evaluate stage, then aggregate and report.
 
-Artefacts live under ``runs/cmml/<benchmark>/<setting>/<method>/seed<k>/`` (``task<t>/ckpt`` per
-task, written by the run's train stage and described by ``train.prov.json``; ``eval`` with every
+Artefacts live under ``runs/cmml/<benchmark>/<setting>/<method>/seed<k>/`` (``ckpt/task<t>`` per
+task, one directory written by the run's train stage and described by ``train.prov.json``; ``eval`` with every
 row of the run's score matrix), results under ``results/cmml/``.
 Granularity: one train stage per run, its tasks in sequence (:mod:`cmml.train.chain`: each task
 starts from the previous checkpoint read back from disk, and a killed stage resumes at its first
@@ -18,7 +18,7 @@ from cmml.config import benchmark_id
 from cmml.errors import ConfigError
 from cmml.families.cmml.runs import INIT_ROW, SECTION, Run, method_block, method_chain, runs
 from cmml.methods.registry import METHODS, entry, get_method
-from cmml.pipeline.stage import Stage, dir_sidecar
+from cmml.pipeline.stage import Stage, dir_sidecar, task_ckpt
 
 RESULTS = f"results/{SECTION}"
 METRICS_JSON = f"{RESULTS}/metrics.json"
@@ -107,19 +107,19 @@ def plan(params: dict[str, Any], data: Any, params_file: str) -> list[Stage]:
         common = {"run": r.method, "method": name, "method_module": module, "setting": r.setting, "seed": r.seed,
                   "joint": joint, "num_tasks": num_tasks, **shared}
         train_rows = [num_tasks - 1] if joint else list(range(num_tasks))
-        ckpts = {t: f"{run_dir(bench, r)}/task{t}/ckpt" for t in train_rows}
+        ckpt = f"{run_dir(bench, r)}/ckpt"
         stages.append(stage(
             name=f"{SECTION}/train/{r.key}", handler="cmml.families.cmml.train", entries=(module,),
-            args={**common, "outs": {str(t): c for t, c in ckpts.items()}}, deps=list(shared.values()),
-            outs=list(ckpts.values()), dir_outs=list(ckpts.values()),
+            args={**common, "out": ckpt, "task_ids": train_rows}, deps=list(shared.values()),
+            outs=[ckpt], dir_outs=[ckpt],
             params=[*mkeys, "tasks.scenario", "data", *MODEL_RUNTIME, NPROC],
             sidecar=f"{run_dir(bench, r)}/train.prov.json", gpu=True, nproc=params["runtime"]["nproc_per_stage"]))
         rows = train_rows if joint else [INIT_ROW, *train_rows]
         out = f"{run_dir(bench, r)}/eval"
         stages.append(stage(
             name=f"{SECTION}/evaluate/{r.key}", handler="cmml.families.cmml.evaluate", entries=(module,),
-            args={**common, "rows": rows, "ckpts": {str(t): c for t, c in ckpts.items()}, "out": out},
-            deps=[*shared.values(), *ckpts.values()], outs=[out], dir_outs=[out],
+            args={**common, "rows": rows, "ckpts": {str(t): task_ckpt(ckpt, t) for t in train_rows}, "out": out},
+            deps=[*shared.values(), ckpt], outs=[out], dir_outs=[out],
             params=[*mkeys, "tasks.scenario", "data", *MODEL_RUNTIME, "runtime.eval_batch_size"],
             sidecar=dir_sidecar(out), gpu=True))
         evals.append({"method": r.method, "setting": r.setting, "seed": r.seed, "rows": rows, "eval": out})

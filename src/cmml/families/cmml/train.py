@@ -86,5 +86,5 @@ def train(stage: Any, params: dict[str, Any], device: DeviceInfo, dist: Dist | N
             write_json(out / "train_log.json", {k: v for k, v in log.items() if k not in VOLATILE})
         return log
 
-    train_chain(stage, params, {int(t): o for t, o in a["outs"].items()}, step, seed=ctx.seed,
+    train_chain(stage, params, a["out"], a["task_ids"], step, seed=ctx.seed,
                 device=device.describe(), dist=dist, extra={"distributed": dist.describe()} if dist else None)

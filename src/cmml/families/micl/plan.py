@@ -6,7 +6,7 @@ list), ``methods`` (run name -> {method, hyper-parameters}; ``base:`` inherits) 
 ``lambda_kl``) is a number, a list with one value per step, or a mapping order -> list.
 
 Stages: ``micl/prepare`` (data), ``micl/pretrain/seed<k>`` (encoders + LM), per run
-``micl/run/<order>/<run>/seed<k>`` (its steps in sequence, step t from t-1's checkpoint ``task<t>``,
+``micl/run/<order>/<run>/seed<k>`` (its steps in sequence, step t from t-1's checkpoint ``ckpt/task<t>``,
 joint: one step; then every checkpoint scored into ``eval``), then ``micl/aggregate`` and ``micl/report``.
 Artefacts under ``runs/micl/``, results under ``results/micl/``.
 """
@@ -19,7 +19,7 @@ from typing import Any
 from cmml.config import block_chain, merged_block
 from cmml.errors import ConfigError
 from cmml.families.micl.tasks import TASKS
-from cmml.pipeline.stage import Stage, dir_sidecar
+from cmml.pipeline.stage import Stage, dir_sidecar, task_ckpt
 
 SECTION = "micl"
 RESULTS = f"results/{SECTION}"
@@ -228,14 +228,13 @@ def plan(params: dict[str, Any], data: Any, params_file: str) -> list[Stage]:
         common = {"run": r.method, "method": name, "order": r.order, "seed": r.seed, "tasks": tasks, "data": DATA,
                   "pretrained": pre}
         steps = [len(tasks) - 1] if name in JOINT else list(range(len(tasks)))
-        ckpts = {t: f"{run_dir(r)}/task{t}" for t in steps}
-        out = f"{run_dir(r)}/eval"
+        ckpt, out = f"{run_dir(r)}/ckpt", f"{run_dir(r)}/eval"
         stages.append(stage(
             name=f"{SECTION}/run/{r.key}", handler="cmml.families.micl.train",
             entries=(f"cmml.families.micl.methods.{name}",),
-            args={**common, "outs": {str(t): c for t, c in ckpts.items()}, "eval": out,
+            args={**common, "out": ckpt, "task_ids": steps, "eval": out,
                   "hparams": {str(t): resolve(params, r.method, r.order, t) for t in steps}},
-            deps=[DATA, pre], outs=[*ckpts.values(), out], dir_outs=[*ckpts.values(), out],
+            deps=[DATA, pre], outs=[ckpt, out], dir_outs=[ckpt, out],
             params=[*mkeys, f"{SECTION}.orders.{r.order}", f"{SECTION}.generation", *model_keys],
             sidecar=f"{run_dir(r)}/run.prov.json", gpu=True))
         evals.append({"method": r.method, "order": r.order, "seed": r.seed, "eval": out})

@@ -31,6 +31,7 @@ from cmml.families.micl.methods.base import MethodContext
 from cmml.families.micl.methods.registry import method_class
 from cmml.families.micl.model import CKPT, MiclModel, build_model, load_checkpoint, load_samples
 from cmml.pipeline.atomic import write_json
+from cmml.pipeline.stage import task_ckpt
 from cmml.train.chain import train_chain
 from cmml.train.device import seed_everything, select_device
 from cmml.train.resume import ResumeFile
@@ -114,6 +115,6 @@ def run(stage: Any, params: dict[str, Any]) -> None:
         write_json(out / "train_log.json", info)
         return info
 
-    outs = {int(t): o for t, o in a["outs"].items()}
-    train_chain(stage, params, outs, step, seed=seed, device=device.describe(),
-                finish=lambda sr: evaluate(a, cfg, device.device, {t: sr.tmp(o) for t, o in outs.items()}, sr))
+    train_chain(stage, params, a["out"], a["task_ids"], step, seed=seed, device=device.describe(),
+                finish=lambda sr: evaluate(a, cfg, device.device,
+                                           {t: Path(task_ckpt(str(sr.tmp(a["out"])), t)) for t in a["task_ids"]}, sr))
