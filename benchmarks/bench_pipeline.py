@@ -74,7 +74,7 @@ def bare_loop_throughput(proj: Path, params: dict, run: str, epochs: int) -> flo
     torch.set_num_threads(params["runtime"]["threads"] or os.cpu_count() or 1)
     seed = params["cmml"]["experiments"]["main"]["seeds"][0]
     setting = params["cmml"]["experiments"]["main"]["settings"][0]
-    a = find(plan(params), f"cmml/train/{setting}/{run}/seed{seed}").args
+    a = find(plan(params), f"cmml/run/{setting}/{run}/seed{seed}").args
     tok = load_tokenizer(Path(a["backbone"]) / "vocab.txt", params["benchmark"]["max_text_len"])
     data = load_split(Path(a["data"]), Path(a["tasks"]), "train", tok, task_ids=[0],
                       missing_dir=Path(a["missing"]), fill=params["data"]["fill"])
@@ -133,8 +133,8 @@ def main() -> None:
     reps = 3
     # Both measured cold, in fresh processes, 3 times each (median): the stage's own loop timing
     # (recorded in its sidecar) and the bare loop below, run by this script in a subprocess.
-    side_path = proj / f"runs/cmml/{params['benchmark']['name']}/{setting}/{run}/seed{seed}/train.prov.json"
-    train = [str(BIN / "python"), "-m", "cmml", "run", f"cmml/train/{setting}/{run}/seed{seed}"]
+    side_path = proj / f"runs/cmml/{params['benchmark']['name']}/{setting}/{run}/seed{seed}/run.prov.json"
+    train = [str(BIN / "python"), "-m", "cmml", "run", f"cmml/run/{setting}/{run}/seed{seed}"]
     stage_runs = []
     for _ in range(reps):
         sh(train, proj, CMML_WORKER="0")
@@ -148,7 +148,7 @@ def main() -> None:
           f"stage {stage_sps:.0f} samples/s, bare PyTorch loop {bare_sps:.0f} samples/s, "
           f"ratio {stage_sps / bare_sps:.2f}x (target >= 0.9)")
 
-    ev = ["run", f"cmml/evaluate/{setting}/{run}/seed{seed}"]
+    ev = ["run", f"cmml/run/{setting}/{run}/seed{seed}"]
     py = str(BIN / "python")
     empty = statistics.median(sh([py, "-c", "pass"], proj) for _ in range(reps))
     light = statistics.median(sh([py, "-m", "cmml", "run", "data/tasks"], proj) for _ in range(reps))
@@ -159,7 +159,7 @@ def main() -> None:
     imports = statistics.median(sh([py, "-c", "import torch, transformers.models.vilt.modeling_vilt"], proj) for _ in range(reps))
     print(f"start-up: python itself {empty:.2f} s; light stage (tasks) {light:.2f} s; "
           f"import torch + transformers ViLT {imports:.2f} s")
-    print(f"evaluate stage (whole command): direct {direct:.2f} s, via warm worker {warm:.2f} s, "
+    print(f"run stage ({run}, whole command): direct {direct:.2f} s, via warm worker {warm:.2f} s, "
           f"ratio {direct / warm:.1f}x")
     shutil.rmtree(tmp, ignore_errors=True)
 

@@ -28,7 +28,7 @@ import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGE = "cmml/train/both70/finetune_full/seed0"
+STAGE = "cmml/run/both70/finetune_full/seed0"
 RUN = Path("runs/cmml/embedded/both70/finetune_full/seed0")
 
 

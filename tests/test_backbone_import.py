@@ -60,7 +60,7 @@ def test_local_directory_is_a_tracked_dep(project: Path) -> None:
     p = params(str(model))
     stage = find(plan(p), "data/backbone")
     assert stage.deps == ["my-vilt"] and stage.outs == ["runs/data/backbones/" + str(model).strip("/").replace("/", "--")]
-    train = find(plan(p), "cmml/train/both70/finetune_head/seed0")
+    train = find(plan(p), "cmml/run/both70/finetune_head/seed0")
     assert stage.outs[0] in train.deps and "runs/data/embedded/backbone/seed0" not in train.deps
     run_chain(p)
     assert backbone_digest(stage.outs[0]) == backbone_digest(model)

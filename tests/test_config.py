@@ -81,6 +81,6 @@ def test_base_inheritance_merges_overrides(tmp_path: Path) -> None:
 
 
 def test_unknown_stage_is_a_clear_error() -> None:
-    proc = subprocess.run([sys.executable, "-m", "cmml", "run", "cmml/train/both70/nosuch/seed0"], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "cmml", "run", "cmml/run/both70/nosuch/seed0"], cwd=ROOT,
                           capture_output=True, text=True)
-    assert proc.returncode == 2 and "no stage named 'cmml/train/both70/nosuch/seed0'" in proc.stderr
+    assert proc.returncode == 2 and "no stage named 'cmml/run/both70/nosuch/seed0'" in proc.stderr

@@ -19,9 +19,9 @@ from cmml.cli import main
 from cmml.errors import ConfigError
 from cmml.pipeline.plan import find, load, plan
 
-STAGE = "cmml/train/both70/finetune_full/seed0"
+STAGE = "cmml/run/both70/finetune_full/seed0"
 OUT = Path("runs/cmml/embedded/both70/finetune_full/seed0/ckpt/task1")
-SIDECAR = Path("runs/cmml/embedded/both70/finetune_full/seed0/train.prov.json")
+SIDECAR = Path("runs/cmml/embedded/both70/finetune_full/seed0/run.prov.json")
 
 
 def set_nproc(n: int) -> None:

@@ -96,7 +96,7 @@ def projects(tmp_path_factory) -> tuple[Path, Path, dict[str, set[str]]]:
     return make_project(base / "smk", params), make_project(base / "dvc", params), {}
 
 
-FT_STAGES = ["cmml/train/both70/finetune_head/seed0", "cmml/evaluate/both70/finetune_head/seed0"]
+FT_STAGES = ["cmml/run/both70/finetune_head/seed0"]
 
 
 def rule(name: str) -> str:

@@ -55,5 +55,5 @@ def test_method_trains_two_tasks_and_evaluates(project: Path, method: str, monke
     assert set(scores["rows"]) == ({"task1"} if joint else {"init", "task0", "task1"})
     for row in scores["rows"].values():
         assert all(math.isfinite(v) and 0 <= v <= 100 for v in row["accuracy"])
-    logs = json.loads(Path(f"runs/cmml/embedded/both70/{run}/seed0/train.prov.json").read_text())["extra"]["train"]
+    logs = json.loads(Path(f"runs/cmml/embedded/both70/{run}/seed0/run.prov.json").read_text())["extra"]["train"]
     assert set(logs) == ({"task1"} if joint else {"task0", "task1"}) and all(v["steps"] > 0 for v in logs.values())

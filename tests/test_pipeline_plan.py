@@ -83,8 +83,8 @@ def test_critical_depths_put_long_chains_first(stages) -> None:
         for d in s.all_deps:
             if d in producer:
                 assert depth[producer[d]] > depth[s.name], (producer[d], s.name)
-    train = depth["cmml/train/both70/rebq/seed0"]
-    assert depth["cmml/evaluate/both70/rebq/seed0"] == train - 1 and depth["index"] == 1
+    train = depth["cmml/run/both70/rebq/seed0"]
+    assert depth["cmml/aggregate"] == train - 1 and depth["index"] == 1
     assert depth["data/pretrain/seed0"] > train
     text = (ROOT / "workflow/rules/stages.smk").read_text()
     assert "priority: PRIORITY[_stage.name]" in text and "critical_depths(STAGES)" in (ROOT / "workflow/rules/common.smk").read_text()
@@ -92,23 +92,25 @@ def test_critical_depths_put_long_chains_first(stages) -> None:
 
 def test_task_chain_per_seed_backbone_and_param_keys(stages) -> None:
     by = {s.name: s for s in stages}
-    t1 = by["cmml/train/both70/finetune_head/seed1"]
+    t1 = by["cmml/run/both70/finetune_head/seed1"]
     params = load(ROOT / "params.yaml")
     T = params["tasks"]["num_tasks"]
-    assert t1.outs == t1.dir_outs == ["runs/cmml/embedded/both70/finetune_head/seed1/ckpt"] and t1.args["task_ids"] == list(range(T))
-    assert t1.sidecar == "runs/cmml/embedded/both70/finetune_head/seed1/train.prov.json"
+    run = "runs/cmml/embedded/both70/finetune_head/seed1"
+    assert t1.outs == t1.dir_outs == [f"{run}/ckpt", f"{run}/eval"] and t1.args["task_ids"] == list(range(T))
+    assert t1.args["rows"] == [-1, *range(T)] and t1.sidecar == f"{run}/run.prov.json"
     assert "runs/data/embedded/backbone/seed1" in t1.deps and "runs/data/embedded/missing/both70/seed1" in t1.deps
     assert "cmml.methods.finetune_head" in t1.params and not any("finetune_full" in p for p in t1.params)
     assert t1.code_file == "runs/code/families-cmml-train+methods-finetune.json"
-    assert by["cmml/train/both70/joint/seed0"].args["task_ids"] == [T - 1]
-    ev = by["cmml/evaluate/both70/rebq/seed2"]
-    assert ev.args["rows"] == [-1, *range(T)] and ev.deps[-1] == "runs/cmml/embedded/both70/rebq/seed2/ckpt"
-    assert ev.args["ckpts"] == {str(t): f"runs/cmml/embedded/both70/rebq/seed2/ckpt/task{t}" for t in range(T)}
+    joint = by["cmml/run/both70/joint/seed0"]
+    assert joint.args["task_ids"] == joint.args["rows"] == [T - 1]
+    assert "runtime.eval_batch_size" in t1.params and not any(n.startswith("cmml/evaluate/") for n in by)
     assert sorted(n for n in by if n.startswith("data/pretrain/")) == [f"data/pretrain/seed{k}" for k in (0, 1, 2)]
     doc = yaml.safe_load((ROOT / "pipelines/cmml/dvc.yaml").read_text())
     assert doc["stages"]["cmml-aggregate"]["metrics"] == ["results/cmml/metrics.json"]
     run_file = yaml.safe_load((ROOT / "pipelines/cmml/both70/rebq/seed2/dvc.yaml").read_text())
-    assert "runs/cmml/embedded/both70/rebq/seed2/eval.prov.json" in run_file["stages"]["cmml-evaluate-both70-rebq-seed2"]["outs"]
+    assert run_file["stages"]["cmml-run-both70-rebq-seed2"]["outs"] == [
+        "runs/cmml/embedded/both70/rebq/seed2/ckpt", "runs/cmml/embedded/both70/rebq/seed2/eval",
+        "runs/cmml/embedded/both70/rebq/seed2/run.prov.json"]
 
 
 def bytecode_closure(entries: tuple[str, ...]) -> set[str]:
@@ -169,7 +171,7 @@ def test_editing_missing_py_reruns_exactly_its_users(tmp_path: Path, monkeypatch
     changed = edited_fingerprints(tmp_path, monkeypatch, "data/missing.py", lambda t: t + "\nLIMIT = 1\n")
     hit = {Path(f).stem for f, c in changed.items() if c}
     assert "data-missing" in hit and "models-pretrain" in hit
-    assert {"families-cmml-train+methods-rebq", "families-cmml-evaluate+methods-finetune"} <= hit
+    assert {"families-cmml-train+methods-rebq", "families-cmml-train+methods-finetune"} <= hit
     assert not hit & {"data-prepare", "data-tasks", "families-cmml-aggregate", "families-cmml-report", "report-index"}
 
 

@@ -104,13 +104,12 @@ def sidecar(path: Path, name: str) -> dict:
 
 @pytest.mark.parametrize("run", RUNS)
 def test_two_task_chain_through_stage_cli(project: Path, run: str) -> None:
-    cli(project, "run", f"cmml/train/both70/{run}/seed0")
-    cli(project, "run", f"cmml/evaluate/both70/{run}/seed0")
+    cli(project, "run", f"cmml/run/both70/{run}/seed0")
     base = project / f"{BENCH}/both70/{run}/seed0"
-    train = sidecar(base / "train", f"cmml/train/both70/{run}/seed0")
+    train = sidecar(base / "run", f"cmml/run/both70/{run}/seed0")
     assert {f"{BENCH}/both70/{run}/seed0/ckpt/task{t}/checkpoint.pt" for t in (0, 1)} <= set(train["outputs"])
-    assert set(train["extra"]["train"]) == {"task0", "task1"}
-    sidecar(base / "eval", f"cmml/evaluate/both70/{run}/seed0")
+    assert f"{BENCH}/both70/{run}/seed0/eval/scores.json" in train["outputs"]
+    assert set(train["extra"]["train"]) == {"task0", "task1"} and set(train["extra"]["scores"]["rows"]) == {"init", "task0", "task1"}
     log1 = json.loads((base / "ckpt/task1/train_log.json").read_text())
     assert log1["task"] == 1 and log1["tasks_in_data"] == [1]
 
@@ -183,7 +182,7 @@ def test_reconstruction_moves_text_missing_query_towards_complete(project: Path,
     """
     monkeypatch.chdir(project)  # stage paths are relative to the project root
     params = yaml.safe_load((project / "params.yaml").read_text())
-    stage = find(plan(params), "cmml/train/both70/rebq/seed0")
+    stage = find(plan(params), "cmml/run/both70/rebq/seed0")
     ctx, backbone = load_context(stage.args, params, "cmml")
     assert ctx.hp["reconstruction_target"] == "h1" and ctx.hp["alpha"] == 0.01
     ctx.hp["reconstruction_target"] = target

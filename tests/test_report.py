@@ -71,7 +71,7 @@ PARAMS = {"finetune_head": 1_300, "joint": 2_600}  # trained parameters per meth
 
 def eval_dir(params: dict[str, Any], method: str, seed: int) -> Path:
     """The run's evaluation directory, as the plan names it."""
-    return Path(find(plan(params), f"cmml/evaluate/both70/{method}/seed{seed}").args["out"])
+    return Path(find(plan(params), f"cmml/run/both70/{method}/seed{seed}").args["eval"])
 
 
 def write_scores(params: dict[str, Any], metric: str = "accuracy") -> None:

@@ -18,7 +18,7 @@ from small import kill_after_epoch, small_params
 from cmml.cli import main
 from cmml.pipeline.plan import plan
 
-STAGE = "cmml/train/both70/finetune_full/seed0"
+STAGE = "cmml/run/both70/finetune_full/seed0"
 RUN = Path("runs/cmml/embedded/both70/finetune_full/seed0")
 CKPTS = [RUN / f"ckpt/task{t}/checkpoint.pt" for t in range(2)]
 
@@ -58,7 +58,7 @@ def test_kill_9_mid_task_resumes_to_the_same_checkpoints(project: Path) -> None:
     assert "task 0: epoch" not in rerun.stderr
     assert not any(resume_dir.iterdir()), "the resume state must be removed once the outputs are committed"
     resumed = states()
-    side = json.loads((RUN / "train.prov.json").read_text())
+    side = json.loads((RUN / "run.prov.json").read_text())
     assert side["extra"]["train"]["task1"]["resumed_after_epoch"] == saved["epoch"] + 1
     for t in range(2):
         shutil.rmtree(CKPTS[t].parent)

@@ -28,21 +28,21 @@ def test_status_names_params_code_data_and_missing(tmp_path: Path, monkeypatch: 
     assert set(states(stages, p).values()) == {"done"}
     p["cmml"]["methods"]["finetune_head"]["lr"] *= 2
     now = states(plan(p), p)
-    assert now["cmml/train/both70/finetune_head/seed0"] == "stale (params)"
+    assert now["cmml/run/both70/finetune_head/seed0"] == "stale (params)"
     assert now["data/prepare"] == "done" and now["cmml/aggregate"] == "stale (params)"
     assert now["index"] == "stale (data)"  # its input, the report, is not done any more
     p["cmml"]["methods"]["finetune_head"]["lr"] /= 2
     assert main(["run", "data/missing/both70/seed0"]) == 0  # rerun upstream: same params, new outputs
     now = states(plan(p), p)
     assert now["data/missing/both70/seed0"] == "done"  # identical bytes: nothing downstream is stale
-    assert now["cmml/train/both70/finetune_head/seed0"] == "done"
+    assert now["cmml/run/both70/finetune_head/seed0"] == "done"
     p["pretrain"]["epochs"] = 2
     now = states(plan(p), p)
     assert now["data/pretrain/seed0"] == "stale (params)"
-    assert now["cmml/train/both70/finetune_head/seed0"] == "stale (data)"
+    assert now["cmml/run/both70/finetune_head/seed0"] == "stale (data)"
     p["pretrain"]["epochs"] = 1
-    Path("runs/cmml/embedded/both70/finetune_head/seed0/eval.prov.json").unlink()
-    assert states(plan(p), p)["cmml/evaluate/both70/finetune_head/seed0"] == "missing"
+    Path("runs/cmml/embedded/both70/finetune_head/seed0/run.prov.json").unlink()
+    assert states(plan(p), p)["cmml/run/both70/finetune_head/seed0"] == "missing"
     assert main(["status"]) == 0
 
 
@@ -63,7 +63,7 @@ def test_params_stamp_is_newer_than_the_outputs_exactly_while_the_params_differ(
     from cmml.pipeline.stage import Stage
     from cmml.pipeline.status import params_stamps
 
-    st = Stage(name="cmml/train/x/seed0", handler="h", args={}, deps=[], outs=["o"], params=["m.lr"], sidecar="o.prov.json")
+    st = Stage(name="cmml/run/x/seed0", handler="h", args={}, deps=[], outs=["o"], params=["m.lr"], sidecar="o.prov.json")
     side = tmp_path / "o.prov.json"
     side.write_text(json.dumps({"params": {"m.lr": 0.1}}))
     os.utime(side, (1000, 1000))

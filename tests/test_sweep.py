@@ -26,5 +26,5 @@ def test_sweep_params_are_valid_and_cover_the_grid(tmp_path: Path) -> None:
     assert raw["cmml"]["experiments"] == {"sweep": {"methods": ["finetune_head", "rebq"], "settings": list(raw["settings"]),
                                                     "seeds": [0, 1]}}
     stages = plan(load(out), str(out))
-    evals = [s.name for s in stages if s.name.startswith("cmml/evaluate/")]
+    evals = [s.name for s in stages if s.name.startswith("cmml/run/")]
     assert len(evals) == 9 * 2 * 2

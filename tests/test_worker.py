@@ -29,7 +29,7 @@ from cmml.provenance.hashing import hash_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = "runs/data/embedded"
-BAD = "cmml/train/both70/nosuch/seed0"
+BAD = "cmml/run/both70/nosuch/seed0"
 IN_WORKER = "CMML_IN_WORKER"
 
 

@@ -71,7 +71,7 @@ def wait_for_train(root: Path, first: subprocess.Popen) -> None:
 
 # The first run goes up to the train stage (whose epochs the second run interrupts); its output is the run's checkpoint directory.
 CKPT = "runs/cmml/embedded/both70/finetune_full/seed0/ckpt"
-DVC_STAGE = "pipelines/cmml/both70/finetune_full/seed0/dvc.yaml:cmml-train-both70-finetune_full-seed0"
+DVC_STAGE = "pipelines/cmml/both70/finetune_full/seed0/dvc.yaml:cmml-run-both70-finetune_full-seed0"
 
 
 @pytest.mark.parametrize("first_cmd, second_cmd, holder", [

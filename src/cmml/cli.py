@@ -21,7 +21,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cmml", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run one stage of the plan by name")
-    r.add_argument("name", help="stage name, e.g. cmml/train/both70/rebq/seed0 (see `cmml list`)")
+    r.add_argument("name", help="stage name, e.g. cmml/run/both70/rebq/seed0 (see `cmml list`)")
     r.add_argument("--params", default="params.yaml")
     ls = sub.add_parser("list", help="print the planned stage names")
     ls.add_argument("--params", default="params.yaml")

@@ -1,4 +1,4 @@
-"""Stage handler ``cmml/evaluate/<setting>/<method>/seed<k>``: every row of one run's score matrix.
+"""Every row of one run's score matrix, made by the run's stage once its checkpoints are written.
 
 Row ``init`` is the untrained model (the state task 0's training starts from, for FWT), row t
 the checkpoint after task t; each is scored on every task's test split over the logit columns of
@@ -16,13 +16,13 @@ from typing import Any
 import torch
 
 from cmml.eval.metrics import score
-from cmml.families.cmml.runs import INIT_ROW, SECTION, row_label
+from cmml.families.cmml.runs import INIT_ROW, row_label
 from cmml.methods.base import Method
 from cmml.models.backbone import reuse_frozen_passes
 from cmml.pipeline.atomic import write_json
-from cmml.provenance.sidecar import stage_run
-from cmml.train.checkpoint import CKPT_FILE, build_method, load_checkpoint, load_context, untrained
-from cmml.train.device import select_device
+from cmml.provenance.sidecar import StageRun
+from cmml.train.checkpoint import CKPT_FILE, RunContext, build_method, load_checkpoint, untrained
+from cmml.train.device import DeviceInfo
 
 SCORES = "scores.json"
 
@@ -50,13 +50,15 @@ def shared_features(method: Method) -> bool:
             and frozen_backbone(method))
 
 
-def run(stage: Any, params: dict[str, Any]) -> None:
-    """Evaluate the untrained model and every checkpoint of the run on all tasks' test splits."""
+def evaluate(a: dict[str, Any], params: dict[str, Any], ctx: RunContext, backbone: Any, device: DeviceInfo,
+             ckpts: dict[int, Path], sr: StageRun) -> None:
+    """Score the untrained model and every checkpoint ``ckpts[row]`` on all tasks' test splits; write into ``sr``.
+
+    ``a`` holds the run stage's args (``rows`` to score, eval directory ``eval``); ``backbone`` is
+    the run's pristine backbone (a checkpoint that trains it overwrites its weights).
+    """
     from cmml.data.dataset import Loading, load_split
 
-    a = stage.args
-    device = select_device(params["runtime"])
-    ctx, backbone = load_context(a, params, SECTION)
     test = load_split(ctx.data_dir, ctx.tasks_dir, "test", ctx.tokenizer, missing_dir=ctx.missing_dir, fill=ctx.fill,
                       loading=Loading.from_runtime(params["runtime"], device.device))
     parts = [test.subset(torch.nonzero(test.tasks == j).flatten()) for j in range(ctx.info.num_tasks)]
@@ -70,7 +72,7 @@ def run(stage: Any, params: dict[str, Any]) -> None:
         if row == INIT_ROW:
             untrained(method, device.device)
         else:
-            load_checkpoint(Path(a["ckpts"][str(row)]) / CKPT_FILE, ctx, method, row)
+            load_checkpoint(ckpts[row] / CKPT_FILE, ctx, method, row)
         method.to(device.device).eval()
         counted = {"trained": trained_params(method), "backbone": sum(p.numel() for p in backbone.parameters())}
         per_task: dict[str, list[float]] = {}
@@ -99,5 +101,5 @@ def run(stage: Any, params: dict[str, Any]) -> None:
         rows[row_label(row)] = per_task
     result = {"metric": "f1_macro" if ctx.info.multilabel else "accuracy", "scenario": ctx.info.scenario,
               "counts": [len(p) for p in parts], "rows": rows, "params": counted}
-    with stage_run(stage, params, seed=ctx.seed, device=device.describe(), extra={"scores": result}) as sr:
-        write_json(sr.tmp(a["out"]) / SCORES, result)
+    sr.extra["scores"] = result
+    write_json(sr.tmp(a["eval"]) / SCORES, result)

@@ -1,13 +1,15 @@
-"""The cmml family's stages: per run a chain of train stages, one evaluate stage, then aggregate and report.
+"""The cmml family's stages: one stage per run (train its tasks, then score them), then aggregate and report.
 
 Artefacts live under ``runs/cmml/<benchmark>/<setting>/<method>/seed<k>/`` (``ckpt/task<t>`` per
-task, one directory written by the run's train stage and described by ``train.prov.json``; ``eval`` with every
-row of the run's score matrix), results under ``results/cmml/``.
-Granularity: one train stage per run, its tasks in sequence (:mod:`cmml.train.chain`: each task
-starts from the previous checkpoint read back from disk, and a killed stage resumes at its first
-unfinished task), and one evaluate stage per run (it scores the untrained model and every
-checkpoint on every task's test split), so a new metric never retrains and the per-stage fixed
-cost of both workflow tools is paid once per run instead of once per task.
+task and ``eval`` with every row of the run's score matrix, both written by the run's stage and
+described by ``run.prov.json``), results under ``results/cmml/``.
+Granularity: one stage per run. It trains the run's tasks in sequence (:mod:`cmml.train.chain`:
+each task starts from the previous checkpoint read back from disk, and a killed stage resumes at
+its first unfinished task), then scores the untrained model and every checkpoint on every task's
+test split. The per-stage fixed cost of both workflow tools and of loading the run's context is
+paid once per run. The price: an edit of the evaluation code (or ``runtime.eval_batch_size``)
+retrains the runs; the metrics over score matrices (:mod:`cmml.families.cmml.aggregate`) stay
+outside the run stages, so a new summary metric reruns only the aggregate.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from cmml.config import benchmark_id
 from cmml.errors import ConfigError
 from cmml.families.cmml.runs import INIT_ROW, SECTION, Run, method_block, method_chain, runs
 from cmml.methods.registry import METHODS, entry, get_method
-from cmml.pipeline.stage import Stage, dir_sidecar, task_ckpt
+from cmml.pipeline.stage import Stage, dir_sidecar
 
 RESULTS = f"results/{SECTION}"
 METRICS_JSON = f"{RESULTS}/metrics.json"
@@ -107,21 +109,14 @@ def plan(params: dict[str, Any], data: Any, params_file: str) -> list[Stage]:
         common = {"run": r.method, "method": name, "method_module": module, "setting": r.setting, "seed": r.seed,
                   "joint": joint, "num_tasks": num_tasks, **shared}
         train_rows = [num_tasks - 1] if joint else list(range(num_tasks))
-        ckpt = f"{run_dir(bench, r)}/ckpt"
-        stages.append(stage(
-            name=f"{SECTION}/train/{r.key}", handler="cmml.families.cmml.train", entries=(module,),
-            args={**common, "out": ckpt, "task_ids": train_rows}, deps=list(shared.values()),
-            outs=[ckpt], dir_outs=[ckpt],
-            params=[*mkeys, "tasks.scenario", "data", *MODEL_RUNTIME, NPROC],
-            sidecar=f"{run_dir(bench, r)}/train.prov.json", gpu=True, nproc=params["runtime"]["nproc_per_stage"]))
         rows = train_rows if joint else [INIT_ROW, *train_rows]
-        out = f"{run_dir(bench, r)}/eval"
+        ckpt, out = f"{run_dir(bench, r)}/ckpt", f"{run_dir(bench, r)}/eval"
         stages.append(stage(
-            name=f"{SECTION}/evaluate/{r.key}", handler="cmml.families.cmml.evaluate", entries=(module,),
-            args={**common, "rows": rows, "ckpts": {str(t): task_ckpt(ckpt, t) for t in train_rows}, "out": out},
-            deps=[*shared.values(), ckpt], outs=[out], dir_outs=[out],
-            params=[*mkeys, "tasks.scenario", "data", *MODEL_RUNTIME, "runtime.eval_batch_size"],
-            sidecar=dir_sidecar(out), gpu=True))
+            name=f"{SECTION}/run/{r.key}", handler="cmml.families.cmml.train", entries=(module,),
+            args={**common, "out": ckpt, "task_ids": train_rows, "rows": rows, "eval": out},
+            deps=list(shared.values()), outs=[ckpt, out], dir_outs=[ckpt, out],
+            params=[*mkeys, "tasks.scenario", "data", *MODEL_RUNTIME, NPROC, "runtime.eval_batch_size"],
+            sidecar=f"{run_dir(bench, r)}/run.prov.json", gpu=True, nproc=params["runtime"]["nproc_per_stage"]))
         evals.append({"method": r.method, "setting": r.setting, "seed": r.seed, "rows": rows, "eval": out})
     agg_outs = [METRICS_JSON, SUMMARY_CSV, MATRICES]
     stages.append(stage(

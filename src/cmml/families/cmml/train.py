@@ -1,7 +1,9 @@
-"""Stage handler ``cmml/train/<setting>/<method>/seed<k>``: train the tasks of one run in sequence.
+"""Stage handler ``cmml/run/<setting>/<method>/seed<k>``: train the tasks of one run in sequence, then score them.
 
 Task t starts from task t-1's checkpoint (:mod:`cmml.train.chain`); joint training has one task
-that sees every task's data.
+that sees every task's data. Once every checkpoint is written, the untrained model and each
+checkpoint are scored on every task's test split (:mod:`cmml.families.cmml.evaluate`) before the
+outputs are committed.
 The method's hooks (``cmml.methods.base``) get a :class:`~cmml.methods.base.TaskContext`.
 With ``runtime.nproc_per_stage > 1`` the stage runs as that many data-parallel ranks
 (:mod:`cmml.train.distributed`); rank 0 writes the outputs while the others wait.
@@ -18,9 +20,12 @@ from typing import Any
 import torch
 
 from cmml.errors import ConfigError
+from cmml.families.cmml.evaluate import evaluate
 from cmml.families.cmml.runs import SECTION
 from cmml.methods.base import TaskContext
 from cmml.pipeline.atomic import write_json
+from cmml.pipeline.stage import task_ckpt
+from cmml.provenance.sidecar import StageRun
 from cmml.train.chain import train_chain
 from cmml.train.checkpoint import CKPT_FILE, build_method, load_checkpoint, load_context, save_checkpoint
 from cmml.train.device import DeviceInfo, select_device
@@ -33,7 +38,7 @@ VOLATILE = ("wall_s", "samples_per_s", "resumed_after_epoch")  # in the sidecar 
 
 
 def run(stage: Any, params: dict[str, Any]) -> None:
-    """Train the run's tasks and write their checkpoints (as one rank when launched so)."""
+    """Train the run's tasks, write their checkpoints and scores (as one rank when launched so)."""
     if stage.nproc == 1:
         train(stage, params, select_device(params["runtime"]), None)
         return
@@ -86,5 +91,9 @@ def train(stage: Any, params: dict[str, Any], device: DeviceInfo, dist: Dist | N
             write_json(out / "train_log.json", {k: v for k, v in log.items() if k not in VOLATILE})
         return log
 
-    train_chain(stage, params, a["out"], a["task_ids"], step, seed=ctx.seed,
-                device=device.describe(), dist=dist, extra={"distributed": dist.describe()} if dist else None)
+    def score(sr: StageRun) -> None:
+        ckpts = {t: Path(task_ckpt(str(sr.tmp(a["out"])), t)) for t in a["task_ids"]}
+        evaluate(a, params, ctx, pristine, device, ckpts, sr)
+
+    train_chain(stage, params, a["out"], a["task_ids"], step, seed=ctx.seed, device=device.describe(), dist=dist,
+                extra={"distributed": dist.describe()} if dist else None, finish=score)
