@@ -174,8 +174,8 @@ def test_dvc_run_rerun_edit_and_same_results(projects) -> None:
     # the two tools plan the same commands after the edit (DVC's dry run cannot foresee that
     # aggregate's outputs will change, so it omits the report and index stages that Snakemake lists)
     dvc_cmds = dvc_dry_commands(dvc)
-    assert dvc_cmds == seen["smk_after_edit"] - {"python -m cmml run params", "python -m cmml run cmml/report",
-                                                  "python -m cmml run index"}, (dvc_cmds, seen["smk_after_edit"])
+    smk_cmds = {c for c in seen["smk_after_edit"] if c.split()[4] not in ("params", "cmml/report", "index")}
+    assert dvc_cmds == smk_cmds, (dvc_cmds, seen["smk_after_edit"])
     ran = set(re.findall(r"Running stage '([^']+)'", sh(["dvc", "repro"], dvc).stdout))
     assert ran == changed | {dvc_stage("cmml/report"), "index"}, ran
     assert "Running stage" not in sh(["dvc", "repro"], dvc).stdout

@@ -251,3 +251,23 @@ def test_dvc_yaml_check_is_remembered_until_an_input_changes(tmp_path: Path, mon
     Path("params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     with pytest.raises(ConfigError, match="out of date with params.yaml"):
         check_current("params.yaml")
+
+
+def test_params_stage_command_changes_with_the_files_it_writes(tmp_path: Path, monkeypatch) -> None:
+    """Both tools rerun a stage whose command changed: the params stage's carries the digest of its plan."""
+    from dataclasses import replace
+
+    from cmml.cli import main
+    from cmml.pipeline.stage import PARAMS_STAGE
+
+    p = load(ROOT / "params.yaml")
+    first = next(s for s in plan(p) if s.name == PARAMS_STAGE)
+    assert first.cmd[-2:] == ["--plan", first.args_digest]
+    other = replace(first, args={**first.args, "files": {**first.args["files"], "runs/params/new.json": ["data"]}})
+    assert other.cmd != first.cmd  # a stage added by code (or a key a stage reads) changes the command
+    p["cmml"]["experiments"]["main"]["seeds"] = [0]
+    assert next(s for s in plan(p) if s.name == PARAMS_STAGE).cmd != first.cmd
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(ROOT / "params.yaml", "params.yaml")
+    assert main(["run", PARAMS_STAGE, "--plan", "0" * 12]) == 2  # a command generated for another plan
+    assert not Path("runs/params").exists()

@@ -23,6 +23,7 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run one stage of the plan by name")
     r.add_argument("name", help="stage name, e.g. cmml/run/both70/rebq/seed0 (see `cmml list`)")
     r.add_argument("--params", default="params.yaml")
+    r.add_argument("--plan", help="the digest of the stage's arguments its command was generated with (checked)")
     ls = sub.add_parser("list", help="print the planned stage names")
     ls.add_argument("--params", default="params.yaml")
     w = sub.add_parser("worker", help="serve model stages from a warm process (started automatically)")
@@ -50,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def run_stage(name: str, params_file: str) -> int:
+def run_stage(name: str, params_file: str, digest: str | None = None) -> int:
     """Validate params, find the stage in the plan, run its handler; the exit code.
 
     A stage planned for several processes (``runtime.nproc_per_stage``) is started as that many
@@ -67,6 +68,11 @@ def run_stage(name: str, params_file: str) -> int:
 
         check_current(params_file)
     stage = find(plan(params, params_file), name)
+    if digest is not None and digest != stage.args_digest:
+        from cmml.errors import ConfigError
+
+        raise ConfigError(f"stage {name}: its command was generated for another plan (--plan {digest}; the plan of "
+                          f"{params_file} gives {stage.args_digest}): run `cmml dvc-yaml` and then the tool again")
     spawn()  # later stages of this project run in a warm process (a no-op while one serves it)
     if stage.nproc > 1 and "LOCAL_RANK" not in os.environ:
         from cmml.train.distributed import launch
@@ -132,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
-            return run_stage(args.name, args.params)
+            return run_stage(args.name, args.params, args.plan)
         if args.command == "worker":
             from pathlib import Path
 

@@ -188,7 +188,7 @@ def params_stage(stages: list[Stage], params_file: str = "params.yaml") -> Stage
     split = {s.params_split: sorted(s.params) for s in stages if s.params_split}
     return Stage(name=PARAMS_STAGE, handler="cmml.pipeline.params_split", args={"files": split, "out": PARAMS_DIR},
                  deps=[params_file], outs=[PARAMS_DIR], dir_outs=[PARAMS_DIR], params=[], sidecar=dir_sidecar(PARAMS_DIR),
-                 params_file=params_file)
+                 params_file=params_file, args_in_cmd=True)
 
 
 def critical_depths(stages: list[Stage]) -> dict[str, int]:

@@ -10,6 +10,8 @@ source files themselves (see :mod:`cmml.pipeline.sources`).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +42,7 @@ class Stage:
     nproc: int = 1  # processes the stage runs as (data-parallel ranks, see cmml.train.distributed)
     params_file: str = "params.yaml"
     family: str = ""
+    args_in_cmd: bool = False  # the args are the stage's input (the params stage): its command carries their digest
 
     @property
     def code_entries(self) -> tuple[str, ...]:
@@ -67,10 +70,22 @@ class Stage:
         return None if not self.params or self.name == PARAMS_STAGE else f"{PARAMS_DIR}/{self.dvc_name}.json"
 
     @property
+    def args_digest(self) -> str:
+        """A short digest of the stage's resolved arguments."""
+        return hashlib.sha256(json.dumps(self.args, sort_keys=True).encode()).hexdigest()[:12]
+
+    @property
     def cmd(self) -> list[str]:
-        """argv of the stage command (identical for Snakemake and DVC)."""
+        """argv of the stage command (identical for Snakemake and DVC).
+
+        With ``args_in_cmd`` it ends with ``--plan <args digest>``: both tools rerun a stage whose
+        command changed, so a plan change that alters what such a stage writes (e.g. a stage
+        added by code, or a key a stage reads) reruns it even though no file it depends on changed.
+        """
         argv = ["python", "-m", "cmml", "run", self.name]
-        return argv if self.params_file == "params.yaml" else [*argv, "--params", self.params_file]
+        if self.params_file != "params.yaml":
+            argv += ["--params", self.params_file]
+        return [*argv, "--plan", self.args_digest] if self.args_in_cmd else argv
 
     @property
     def shell(self) -> str:
