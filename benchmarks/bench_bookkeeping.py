@@ -3,7 +3,7 @@
 Each size is the same stage kinds with tiny work: the embedded benchmark at 8 classes and a few
 samples per class, 2 tasks, one setting, head fine-tuning for one epoch, one pretraining epoch, the
 ``cmml`` family only; the DAG grows through the number of seeds (per seed: a missing table, a
-backbone, a train stage and an evaluation). In a fresh temp project per size and tool, all measured in this one run:
+backbone and the run's stage). In a fresh temp project per size and tool, all measured in this one run:
 
 - from scratch: the tool's wall time minus the sum of the stages' own wall times (their sidecars),
   divided by the number of stages = the tool's bookkeeping per stage (both tools run one stage at
@@ -31,7 +31,7 @@ from bench_pipeline import project, sh  # the same temp project and timed comman
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXED = 7  # stages that do not grow with the seeds: code, params, prepare, tasks, aggregate, report, index
-PER_SEED = 4
+PER_SEED = 3
 
 
 def params_for(seeds: int) -> dict:
