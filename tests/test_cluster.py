@@ -48,15 +48,15 @@ def resources(out: str) -> tuple[dict[str, str], list[str]]:
     jobs = re.findall(r"^(localrule|rule) (\S+):\n(?:.*\n)*?    resources: (.*)$", out, re.M)
     assert jobs, out[-2000:]
     res = {name: r for _, name, r in jobs}
-    return res, [n for n in res if n.startswith(("cmml_train_", "cmml_evaluate_", "data_pretrain_"))]
+    return res, [n for n in res if n.startswith(("cmml_run_", "data_pretrain_"))]
 
 
 def test_slurm_profile_dry_run(project: Path) -> None:
     proc = smk(project, "-n", "--workflow-profile", "workflow/profiles/slurm")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
-    res, model = resources(out)  # model stages: the backbone's pretraining, each run's train and evaluate
-    assert len(model) == 5 and all(res[n].endswith("gpu=1") and "slurm_partition=gpu" in res[n] for n in model)
+    res, model = resources(out)  # model stages: the backbone's pretraining and each run's stage
+    assert len(model) == 3 and all(res[n].endswith("gpu=1") and "slurm_partition=gpu" in res[n] for n in model)
     assert all(res[n].endswith("gpu=0") for n in res if n not in model and n != "all")
 
 
@@ -72,5 +72,5 @@ def test_kubernetes_profile_dry_run(project: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, out[-3000:]
     assert f"{store}/src/cmml/config.py (retrieve from storage)" in out
     res, model = resources(out)
-    assert len(model) == 5 and all(res[n].endswith("gpu=1") and "gpu_manufacturer=nvidia" in res[n] for n in model)
+    assert len(model) == 3 and all(res[n].endswith("gpu=1") and "gpu_manufacturer=nvidia" in res[n] for n in model)
     assert all(res[n].endswith("gpu=0") for n in res if n not in model and n != "all")
