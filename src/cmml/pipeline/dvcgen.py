@@ -8,7 +8,7 @@ with the stages a file holds. So the plan is rendered into one dvc.yaml per stag
 ``pipelines/code`` the code stage, ``pipelines/<family>`` a family's stages that belong to no seed
 (aggregate, report), ``pipelines/data`` the seed-independent data stages and
 ``pipelines/data/seed<k>`` one seed's missing tables and backbone, and
-``pipelines/<family>/<setting>/<method>/seed<k>`` one run's train and evaluate stages (in general: a
+``pipelines/<family>/<setting>/<method>/seed<k>`` one run's stage(s) (in general: a
 family stage's name parts between its kind and its seed, e.g. ``pipelines/robust/ssf/seed<k>``). Every stage
 runs from the repository root (``wdir``), so commands and paths are the same as Snakemake's.
 ``dvc repro`` reproduces the root file's stages and everything they depend on, i.e. the whole DAG;
@@ -44,7 +44,7 @@ SEED = re.compile(r"seed\d+")
 def group(stage: Stage) -> str:
     """Directory of the dvc.yaml that holds ``stage`` ("" for the root file).
 
-    Stages of one seed share a file (a file holds at most one run's train and evaluate stages), so
+    Stages of one seed share a file (a file holds at most one run's stages), so
     the lock DVC rewrites after each stage stays the same size however many seeds, settings or methods.
     """
     parts = stage.name.split("/")
